@@ -44,12 +44,15 @@ def detect_format(path: Path) -> Literal["gsv", "csv"]:
 
 def scan_dataset(
     path: Path,
-    fmt: DatasetFormat = "auto",
+    fmt: DatasetFormat | str = "auto",
     *,
     cities: Sequence[str] | None = None,
     root: Path | None = None,
 ) -> DatasetScan:
-    """Scan ``path`` as GSV-Cities (``cities`` filters) or a CSV (``root`` overrides its folder)."""
+    """Scan ``path`` as GSV-Cities (``cities`` filters) or a CSV (``root`` overrides its folder).
+
+    ``fmt`` also takes a plain str (CLI option values); anything but auto/gsv/csv raises.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"data set not found: {path}")

@@ -1,0 +1,86 @@
+"""Row-level CSV plumbing shared by the readers.
+
+Both readers need the same tolerance: a BOM, a stray undecodable byte or a malformed
+line must cost one row (or the rest of one file), never the whole scan.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+
+class RowError(ValueError):
+    """A single field is bad; the message becomes the skip reason."""
+
+
+def iter_csv_rows(
+    csv_path: Path,
+) -> Iterator[tuple[int, dict[str, str | None]] | tuple[int, csv.Error]]:
+    """Yield (line number, row) pairs, or one (line, csv.Error) and stop if the file breaks.
+
+    Undecodable bytes are replaced rather than raised, because a decode error surfaces
+    mid-file with no usable line number; a replaced character then fails the row's own
+    checks (e.g. the image file is not found) and is reported against that row.
+    """
+    with csv_path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
+        reader = csv.DictReader(handle, restval=None)
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                yield reader.line_num, exc
+                return
+            yield reader.line_num, {k: v for k, v in row.items() if isinstance(k, str)}
+
+
+def header_of(csv_path: Path) -> list[str]:
+    """Read just the header; an empty file has none."""
+    with csv_path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
+        first = next(csv.reader(handle), [])
+    return [name.strip() for name in first]
+
+
+def field(row: Mapping[str, str | None], name: str) -> str:
+    """Return a required, non-empty field, stripped."""
+    value = row.get(name)
+    if value is None or not value.strip():
+        raise RowError(f"missing value for column '{name}'")
+    return value.strip()
+
+
+def require(row: Mapping[str, str | None], names: Sequence[str]) -> None:
+    """Name every empty required field at once, so one fix repairs the row."""
+    missing = [n for n in names if not (row.get(n) or "").strip()]
+    if len(missing) == 1:
+        raise RowError(f"missing value for column '{missing[0]}'")
+    if missing:
+        raise RowError("missing values for columns " + ", ".join(f"'{n}'" for n in missing))
+
+
+def as_int(row: Mapping[str, str | None], name: str, lo: int, hi: int) -> int:
+    """Integers only: a '3.5' month or place id is a broken row, not something to round."""
+    text = field(row, name)
+    try:
+        value = int(text)
+    except ValueError:
+        raise RowError(f"column '{name}' is not an integer: {text!r}") from None
+    if not lo <= value <= hi:
+        raise RowError(f"column '{name}' = {value} is outside [{lo}, {hi}]")
+    return value
+
+
+def as_float(row: Mapping[str, str | None], name: str, lo: float, hi: float) -> float:
+    """Finite floats in range; NaN and inf parse as floats but are never valid coordinates."""
+    text = field(row, name)
+    try:
+        value = float(text)
+    except ValueError:
+        raise RowError(f"column '{name}' is not a number: {text!r}") from None
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise RowError(f"column '{name}' = {text} is outside [{lo:g}, {hi:g}]")
+    return value
