@@ -1,0 +1,173 @@
+"""The batch loop behind `MapDatabase.build`: plan, load, de-duplicate, encode, store.
+
+Split from the database so the loop's bookkeeping (what to skip and why) reads in one
+place; all persistence goes through the database's `_store_batch` and `_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dlgpr_core.data.paths import ESCAPES_ROOT, resolve_inside
+from dlgpr_core.data.records import DatasetScan, ImageRecord, SkippedItem
+from dlgpr_core.encoders.base import Encoder, l2_normalise
+from dlgpr_core.mapdb.errors import MapError
+from dlgpr_core.mapdb.loading import LoadedImage, load_image
+from dlgpr_core.mapdb.report import BuildReport
+
+if TYPE_CHECKING:
+    from dlgpr_core.mapdb.database import MapDatabase
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """An image to encode: a new record, or a stored row (``row_id``) missing its vector."""
+
+    path: Path
+    record: ImageRecord | None = None
+    row_id: int | None = None
+
+
+def chunks(items: Sequence[WorkItem], size: int) -> Iterator[Sequence[WorkItem]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class Builder:
+    """One build run; holds the per-run de-duplication state."""
+
+    def __init__(
+        self,
+        db: MapDatabase,
+        encoder: Encoder,
+        report: BuildReport,
+        batch_size: int,
+        progress: bool,
+        workers: int,
+    ) -> None:
+        self.db = db
+        self.encoder = encoder
+        self.report = report
+        self.batch_size = batch_size
+        self.progress = progress
+        self.workers = max(1, workers)
+        self.seen_sha: dict[str, str] = {}
+
+    def skip(self, source: str, reason: str) -> None:
+        self.report.skipped.append(SkippedItem(source, reason))
+
+    def plan(self, scan: DatasetScan) -> list[WorkItem]:
+        """Re-encodes first, then new records; stored paths are counted, never read."""
+        store = self.db._store
+        pending = sorted(self.db._pending)
+        work = [
+            WorkItem(Path(row.path), row_id=row.id) for row in store.rows_by_ids(pending).values()
+        ]
+        seen_paths: set[str] = set()
+        for record in scan.records:
+            resolved = resolve_inside(scan.root, record.path)
+            if resolved is None:
+                self.skip(record.path, ESCAPES_ROOT)
+                continue
+            key = resolved.as_posix()
+            if not key.isprintable() or not _utf8(key):
+                self.skip(record.path, "path is not printable UTF-8")
+            elif key in seen_paths:
+                self.skip(key, "duplicate path: listed twice in the data set")
+            elif store.path_exists(key):
+                self.report.already_present += 1
+            else:
+                seen_paths.add(key)
+                work.append(WorkItem(resolved, record=record))
+        return work
+
+    def run(self, scan: DatasetScan, checkpoint_seconds: float) -> None:
+        from tqdm import tqdm
+
+        work = self.plan(scan)
+        last_checkpoint = time.monotonic()
+        with (
+            ThreadPoolExecutor(self.workers) as pool,
+            tqdm(total=len(work), unit="img", desc="encoding", disable=not self.progress) as bar,
+        ):
+            for batch in chunks(work, self.batch_size):
+                loaded = list(pool.map(lambda item: load_image(item.path), batch))
+                self.encode_and_store(batch, loaded)
+                bar.update(len(batch))
+                if time.monotonic() - last_checkpoint >= checkpoint_seconds:
+                    self.db._checkpoint()
+                    last_checkpoint = time.monotonic()
+
+    def accept(self, item: WorkItem, loaded: LoadedImage) -> bool:
+        """Apply the skip rules to one loaded file; True if it should be encoded."""
+        source = item.path.as_posix()
+        if loaded.error is not None or loaded.image is None or loaded.sha256 is None:
+            reason = loaded.error or "unreadable file"
+            if item.row_id is not None:
+                reason = f"cannot re-encode stored image ({reason}); it stays unsearchable"
+            self.skip(source, reason)
+            return False
+        if item.row_id is not None:
+            return True
+        earlier = self.seen_sha.get(loaded.sha256) or self.db._store.path_of_sha(loaded.sha256)
+        if earlier is not None:
+            self.skip(source, f"duplicate image: same content as {earlier}")
+            return False
+        self.seen_sha[loaded.sha256] = source
+        return True
+
+    def encode_and_store(self, batch: Sequence[WorkItem], loaded: Sequence[LoadedImage]) -> None:
+        keep = [(item, ld) for item, ld in zip(batch, loaded, strict=True) if self.accept(item, ld)]
+        if not keep:
+            return
+        images = [ld.image for _, ld in keep if ld.image is not None]
+        vectors = np.asarray(self.encoder.encode_images(images), dtype=np.float32)
+        if vectors.shape != (len(images), self.db.dim):
+            raise MapError(
+                f"encoder {self.encoder.fingerprint} returned shape {vectors.shape} for "
+                f"{len(images)} images; expected ({len(images)}, {self.db.dim})"
+            )
+        finite = [bool(np.isfinite(v).all()) for v in vectors]
+        rows: list[dict[str, Any]] = []
+        for (item, ld), ok in zip(keep, finite, strict=True):
+            if not ok:
+                self.skip(item.path.as_posix(), "encoder produced a non-finite embedding")
+                continue
+            rows.append(_row(item, ld))
+        if not rows:
+            return
+        self.db._store_batch(rows, l2_normalise(vectors[np.asarray(finite, dtype=bool)]))
+        self.report.reencoded += sum(1 for row in rows if row["id"] is not None)
+        self.report.added += sum(1 for row in rows if row["id"] is None)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _row(item: WorkItem, loaded: LoadedImage) -> dict[str, Any]:
+    if item.record is None:
+        return {"id": item.row_id}
+    record = item.record
+    return {
+        "id": None,
+        "path": item.path.as_posix(),
+        "sha256": loaded.sha256,
+        "place_id": record.place_id,
+        "city": record.city,
+        "lat": record.lat,
+        "lon": record.lon,
+        "heading": record.heading,
+        "date": record.date,
+    }

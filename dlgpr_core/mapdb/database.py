@@ -1,0 +1,566 @@
+"""A street-view map: a directory holding ``map.sqlite`` and ``embeddings.faiss``.
+
+Crash consistency rests on one ordering rule: the FAISS index is written (atomically)
+*before* the SQLite transaction holding its rows commits. After a crash the index can
+therefore only hold ids SQLite does not know (dropped on open), and SQLite can only hold
+rows the index lacks if the index file was lost (re-encoded by the next build). Row ids
+are the FAISS ids, so the two never need a mapping table.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from dlgpr_core.data.records import DatasetScan, SkippedItem
+from dlgpr_core.encoders.base import Encoder, l2_normalise
+from dlgpr_core.mapdb.errors import MapError
+from dlgpr_core.mapdb.index import (
+    APPROX_KINDS,
+    EXACT_FILE,
+    ApproxKind,
+    ApproxReport,
+    ExactIndex,
+    approx_file,
+    atomic_write_index,
+    build_approximate,
+    faiss_module,
+    noisy_queries,
+    recall_at_k,
+    to_search_device,
+)
+from dlgpr_core.mapdb.report import BuildReport, ImageHit, MapInfo, PlaceHit
+from dlgpr_core.mapdb.store import SCHEMA_VERSION, MapStore, utc_now
+
+MAP_FILE = "map.sqlite"
+LOCK_FILE = "map.lock"
+BUILD_HINT = "dlgpr map build"
+APPROX_HINT = "dlgpr map index --kind {kind}"
+"""How messages tell the user to (re)build an approximate index; keep in step with the CLI."""
+
+Query = str | np.ndarray | Image.Image
+
+
+class MapDatabase:
+    """Open with `MapDatabase.open` or `MapDatabase.create`; close (or use ``with``) when done."""
+
+    def __init__(self, directory: Path, store: MapStore) -> None:
+        self.directory = directory
+        self._store = store
+        meta = store.all_meta()
+        try:
+            self.encoder_fingerprint = meta["encoder_fingerprint"]
+            self.dim = int(meta["dim"])
+            self.created = meta.get("created", "")
+            version = int(meta["schema_version"])
+        except (KeyError, ValueError) as exc:
+            raise MapError(
+                f"{directory / MAP_FILE} lacks map metadata ({exc}); it is not a map"
+            ) from exc
+        if version != SCHEMA_VERSION:
+            raise MapError(
+                f"{directory} uses map schema {version}, this dlgpr reads schema {SCHEMA_VERSION}; "
+                "rebuild the map with this version"
+            )
+        self._exact = ExactIndex(self.dim)
+        self._pending: set[int] = set()
+        self._index_dirty = False
+        self._uncommitted: list[int] = []
+        self._touched_places: set[str] = set()
+        self._approx: dict[str, tuple[str, Any]] = {}
+        self._lock = store.lock
+        self._reload()
+
+    # -- lifecycle ----------------------------------------------------------------
+    @classmethod
+    def create(cls, directory: Path | str, encoder_fingerprint: str, dim: int) -> MapDatabase:
+        """Create an empty map; refuses a directory that already holds one."""
+        directory = Path(directory)
+        if (directory / MAP_FILE).exists():
+            raise MapError(
+                f"a map already exists at {directory}; open it, or choose another directory"
+            )
+        if dim <= 0 or not encoder_fingerprint:
+            raise MapError("a map needs an encoder fingerprint and a positive embedding dimension")
+        directory.mkdir(parents=True, exist_ok=True)
+        store = MapStore(directory / MAP_FILE)
+        store.begin()
+        for key, value in {
+            "schema_version": str(SCHEMA_VERSION),
+            "encoder_fingerprint": encoder_fingerprint,
+            "dim": str(dim),
+            "created": utc_now(),
+            "generation": "0",
+        }.items():
+            store.set_meta(key, value)
+        ExactIndex(dim).save(directory / EXACT_FILE)
+        store.commit()
+        return cls(directory, store)
+
+    @classmethod
+    def open(cls, directory: Path | str) -> MapDatabase:
+        """Open an existing map, dropping index entries whose rows never committed."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise MapError(f"no map directory at {directory}; build one with `{BUILD_HINT}`")
+        if not (directory / MAP_FILE).is_file():
+            raise MapError(
+                f"{directory} holds no map ({MAP_FILE} missing); build one with `{BUILD_HINT}`"
+            )
+        try:
+            store = MapStore(directory / MAP_FILE)
+        except Exception as exc:  # sqlite3.DatabaseError for a non-database file
+            raise MapError(f"{directory / MAP_FILE} is not a readable map: {exc}") from exc
+        return cls(directory, store)
+
+    @classmethod
+    def open_or_create(cls, directory: Path | str, encoder: Encoder) -> MapDatabase:
+        """What `dlgpr map build` wants: reuse the map if present, else start one."""
+        directory = Path(directory)
+        if (directory / MAP_FILE).exists():
+            db = cls.open(directory)
+            db.check_encoder(encoder)
+            return db
+        return cls.create(directory, encoder.fingerprint, encoder.dim)
+
+    def close(self) -> None:
+        with self._lock:
+            self._store.close()
+
+    def __enter__(self) -> MapDatabase:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _reload(self) -> None:
+        """Load the index and reconcile it with SQLite (see the module docstring)."""
+        path = self.directory / EXACT_FILE
+        if path.exists():
+            try:
+                self._exact = ExactIndex.load(path, self.dim)
+            except (RuntimeError, ValueError) as exc:
+                raise MapError(
+                    f"{path} is unreadable ({exc}); delete it and run `{BUILD_HINT}` again "
+                    "to re-encode every stored image"
+                ) from exc
+        else:
+            self._exact = ExactIndex(self.dim)
+        index_ids = set(self._exact.ids().tolist())
+        db_ids = set(self._store.image_ids())
+        orphans = np.fromiter(index_ids - db_ids, dtype=np.int64)
+        self._index_dirty = self._exact.remove(orphans) > 0
+        self._pending = db_ids - index_ids
+        self._approx.clear()
+
+    # -- encoder checks -----------------------------------------------------------
+    def set_encoder_spec(self, name: str, checkpoint: str | None) -> None:
+        """Remember how to re-create the encoder, so later commands need no encoder flags."""
+        with self._lock:
+            self._store.begin()
+            self._store.set_meta("encoder.name", name)
+            if checkpoint:
+                self._store.set_meta("encoder.checkpoint", checkpoint)
+            else:
+                self._store.delete_meta("encoder.checkpoint")
+            self._store.commit()
+
+    def encoder_spec(self) -> dict[str, str]:
+        """``{"name": ..., "checkpoint": ...}`` as set; keys absent where never recorded."""
+        with self._lock:
+            meta = self._store.all_meta()
+        return {k.removeprefix("encoder."): v for k, v in meta.items() if k.startswith("encoder.")}
+
+    def check_encoder(self, encoder: Encoder) -> None:
+        """Embeddings of different encoders are not comparable: refuse, never mix."""
+        if encoder.fingerprint != self.encoder_fingerprint:
+            raise MapError(
+                f"map {self.directory} was built with {self.encoder_fingerprint}, "
+                f"query encoder is {encoder.fingerprint}; rebuild the map or pass the "
+                "matching encoder"
+            )
+        if encoder.dim != self.dim:
+            raise MapError(
+                f"map {self.directory} stores {self.dim}-dim embeddings but the encoder "
+                f"produces {encoder.dim}; rebuild the map or pass the matching encoder"
+            )
+
+    # -- building -----------------------------------------------------------------
+    @contextmanager
+    def _build_lock(self) -> Iterator[None]:
+        """One writer per map across processes; a second build would fork the index file."""
+        handle = (self.directory / LOCK_FILE).open("a")
+        try:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise MapError(
+                    f"another process is writing to the map {self.directory}; wait for it to finish"
+                ) from None
+            with self._lock:
+                yield
+        finally:
+            handle.close()
+
+    def build(
+        self,
+        scan: DatasetScan,
+        encoder: Encoder,
+        batch_size: int = 32,
+        progress: bool = True,
+        *,
+        workers: int = 4,
+        checkpoint_seconds: float = 30.0,
+    ) -> BuildReport:
+        """Encode and store every new image of ``scan``; resumable and incremental.
+
+        Images whose path is stored are counted as already present and not read.
+        Stored rows lacking an embedding (the index file was lost) are re-encoded first.
+        Progress is committed every ``checkpoint_seconds`` and when the build raises,
+        so an interrupted build loses at most the batch in flight.
+        """
+        from dlgpr_core.mapdb.builder import Builder
+
+        self.check_encoder(encoder)
+        if batch_size <= 0:
+            raise MapError("batch_size must be positive")
+        start = time.perf_counter()
+        with self._build_lock():
+            self._reload()
+            report = BuildReport(skipped=list(scan.skipped))
+            builder = Builder(self, encoder, report, batch_size, progress, workers)
+            try:
+                builder.run(scan, checkpoint_seconds)
+            except BaseException:
+                self._checkpoint_or_rollback(report.skipped)
+                raise
+            self._checkpoint(report.skipped)
+        report.seconds = time.perf_counter() - start
+        done = report.added + report.reencoded
+        report.images_per_second = done / report.seconds if report.seconds > 0 else 0.0
+        return report
+
+    def _store_batch(self, rows: Sequence[dict[str, Any]], vectors: np.ndarray) -> None:
+        """Insert rows (or reuse ``id`` for re-encoded ones) and add their vectors.
+
+        A savepoint makes the batch all-or-nothing in SQLite; the FAISS add comes last,
+        so a failure before it leaves nothing to undo in the index.
+        """
+        self._store.begin()
+        self._store.savepoint("batch")
+        try:
+            ids = []
+            for row in rows:
+                if row.get("id") is not None:
+                    ids.append(int(row["id"]))
+                    continue
+                fields = {k: v for k, v in row.items() if k != "id"}
+                ids.append(self._store.insert_image(**fields))
+                self._touched_places.add(str(row["place_id"]))
+            self._exact.add(vectors, np.asarray(ids, dtype=np.int64))
+        except BaseException:
+            self._store.rollback_to("batch")
+            raise
+        self._store.release("batch")
+        self._uncommitted.extend(ids)
+        self._index_dirty = True
+
+    def _checkpoint(self, skipped: Sequence[SkippedItem] = ()) -> None:
+        """Index to disk first, then commit: the ordering the module docstring relies on."""
+        if self._index_dirty or self._uncommitted:
+            self._store.begin()
+            self._store.recentre_places(sorted(self._touched_places))
+            generation = int(self._store.get_meta("generation") or 0) + 1
+            self._store.set_meta("generation", str(generation))
+            self._exact.save(self.directory / EXACT_FILE)
+        if skipped:
+            self._store.begin()
+            self._store.record_skipped(skipped)
+        self._store.commit()
+        self._pending.difference_update(self._uncommitted)
+        self._uncommitted.clear()
+        self._touched_places.clear()
+        self._index_dirty = False
+
+    def _checkpoint_or_rollback(self, skipped: Sequence[SkippedItem]) -> None:
+        """Keep finished batches of a failing build; if even that fails, undo cleanly."""
+        try:
+            self._checkpoint(skipped)
+        except Exception:
+            self._store.rollback()
+            self._exact.remove(np.asarray(self._uncommitted, dtype=np.int64))
+            self._uncommitted.clear()
+            self._touched_places.clear()
+            self._reload()
+
+    # -- approximate indexes ------------------------------------------------------
+    def build_approximate(
+        self,
+        kind: ApproxKind,
+        *,
+        queries: np.ndarray | None = None,
+        n_queries: int = 200,
+        k: int = 10,
+        noise: float = 0.05,
+        **params: int,
+    ) -> ApproxReport:
+        """Build an IVF or HNSW index from the exact vectors and report its recall@k.
+
+        Without ``queries``, recall is measured on ``n_queries`` stored vectors plus
+        Gaussian ``noise``. ``params``: nlist, nprobe (ivf); hnsw_m, ef_construction,
+        ef_search (hnsw).
+        """
+        if kind not in APPROX_KINDS:
+            raise MapError(f"unknown index kind {kind!r}; choose one of {list(APPROX_KINDS)}")
+        with self._build_lock():
+            self._reload()
+            if self._exact.ntotal == 0:
+                raise MapError(f"map {self.directory} has no images; build it with `{BUILD_HINT}`")
+            start = time.perf_counter()
+            vectors, ids = self._exact.vectors(), self._exact.ids()
+            try:
+                index, used = build_approximate(vectors, ids, kind, **params)
+            except TypeError as exc:
+                raise MapError(f"bad parameters for a {kind} index: {exc}") from exc
+            seconds = time.perf_counter() - start
+            if queries is None:
+                queries = noisy_queries(vectors, n_queries, noise)
+            recall, exact_ms, approx_ms = recall_at_k(self._exact, index, queries, k)
+            path = self.directory / approx_file(kind)
+            atomic_write_index(index, path)
+            self._store.begin()
+            self._store.set_meta(f"approx.{kind}.generation", self._generation())
+            self._store.set_meta(f"approx.{kind}.recall_at_{k}", f"{recall:.4f}")
+            self._store.commit()
+            self._approx.pop(kind, None)
+            return ApproxReport(
+                kind=kind,
+                n_vectors=len(ids),
+                n_queries=len(queries),
+                k=min(k, len(ids)),
+                recall_at_k=recall,
+                build_seconds=seconds,
+                exact_ms_per_query=exact_ms,
+                approx_ms_per_query=approx_ms,
+                params=used,
+                file_bytes=path.stat().st_size,
+            )
+
+    def _generation(self) -> str:
+        return self._store.get_meta("generation") or "0"
+
+    def _approx_index(self, kind: ApproxKind) -> Any:
+        """Load (once per map generation) an approximate index, refusing a stale one."""
+        built = self._store.get_meta(f"approx.{kind}.generation")
+        path = self.directory / approx_file(kind)
+        hint = APPROX_HINT.format(kind=kind)
+        if built is None or not path.exists():
+            raise MapError(f"map {self.directory} has no {kind} index; build it with `{hint}`")
+        if built != self._generation():
+            raise MapError(
+                f"the {kind} index of {self.directory} predates the last map build; "
+                f"rebuild it with `{hint}` or search the exact index"
+            )
+        cached = self._approx.get(kind)
+        if cached is None or cached[0] != built:
+            index = faiss_module().read_index(str(path))
+            cached = (built, to_search_device(index))
+            self._approx[kind] = cached
+        return cached[1]
+
+    # -- searching ----------------------------------------------------------------
+    def _query_vector(self, query: Query, encoder: Encoder | None) -> np.ndarray:
+        if encoder is not None:
+            self.check_encoder(encoder)
+        if isinstance(query, str | Image.Image) and encoder is None:
+            raise MapError(
+                f"a text or image query needs an encoder; pass the one the map was built "
+                f"with ({self.encoder_fingerprint})"
+            )
+        if isinstance(query, str):
+            assert encoder is not None
+            vec = encoder.encode_texts([query])
+        elif isinstance(query, Image.Image):
+            assert encoder is not None
+            vec = encoder.encode_images([query.convert("RGB")])
+        else:
+            vec = np.asarray(query, dtype=np.float32)
+            if vec.ndim == 1:
+                vec = vec[None, :]
+            if vec.ndim != 2 or vec.shape[0] != 1 or vec.shape[1] != self.dim:
+                raise MapError(
+                    f"query embedding has shape {tuple(np.shape(query))}, map {self.directory} "
+                    f"needs one {self.dim}-dim vector; embed the query with the map's encoder "
+                    f"({self.encoder_fingerprint})"
+                )
+        return l2_normalise(np.asarray(vec, dtype=np.float32).reshape(1, self.dim))
+
+    def _raw_search(
+        self, vec: np.ndarray, k: int, approximate: ApproxKind | None
+    ) -> list[tuple[float, int]]:
+        if self._exact.ntotal == 0:
+            stored = self._store.count("images")
+            if stored:
+                raise MapError(
+                    f"map {self.directory} has {stored} images but none is indexed; "
+                    f"run `{BUILD_HINT}` again to re-encode them"
+                )
+            raise MapError(f"map {self.directory} has no images; build it with `{BUILD_HINT}`")
+        k = max(1, min(k, self._exact.ntotal))
+        if approximate is None:
+            scores, ids = self._exact.search(vec, k)
+        elif approximate in APPROX_KINDS:
+            approx = self._approx_index(approximate)
+            inner = getattr(approx, "index", None)
+            hnsw = getattr(faiss_module().downcast_index(inner), "hnsw", None) if inner else None
+            if hnsw is not None and hnsw.efSearch < k:
+                hnsw.efSearch = k
+            scores, ids = approx.search(vec, k)
+        else:
+            raise MapError(f"unknown approximate index {approximate!r}; choose ivf or hnsw")
+        return [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
+
+    def search_images(
+        self,
+        query: Query,
+        encoder: Encoder | None = None,
+        k: int = 5,
+        *,
+        approximate: ApproxKind | None = None,
+    ) -> list[ImageHit]:
+        """Top-``k`` images. ``query``: text or image (needs ``encoder``) or an embedding.
+
+        ``approximate`` ("ivf"/"hnsw") searches that index instead of the exact one; it
+        must have been built (`build_approximate`) since the last map build.
+        """
+        with self._lock:
+            vec = self._query_vector(query, encoder)
+            found = self._raw_search(vec, k, approximate)
+            rows = self._store.rows_by_ids([i for _, i in found])
+            hits: list[ImageHit] = []
+            for score, image_id in found:
+                row = rows.get(image_id)
+                if row is None:  # an id a concurrent build has not committed yet
+                    continue
+                hits.append(
+                    ImageHit(
+                        rank=len(hits) + 1,
+                        score=score,
+                        image_id=image_id,
+                        path=row.path,
+                        place_id=row.place_id,
+                        lat=row.lat,
+                        lon=row.lon,
+                        heading=row.heading,
+                        date=row.date,
+                        city=row.city,
+                    )
+                )
+            return hits
+
+    def search(
+        self,
+        query: Query,
+        encoder: Encoder | None = None,
+        k: int = 5,
+        *,
+        approximate: ApproxKind | None = None,
+    ) -> list[PlaceHit]:
+        """Top-``k`` places, each scored by its best image.
+
+        Searches ever more images (x4 each round) until ``k`` distinct places appear or
+        the whole map has been ranked, because one place can own many top images.
+        """
+        with self._lock:
+            vec = self._query_vector(query, encoder)
+            n = min(self._exact.ntotal, max(4 * k, 32)) if self._exact.ntotal else 1
+            while True:
+                found = self._raw_search(vec, n, approximate)
+                rows = self._store.rows_by_ids([i for _, i in found])
+                best: dict[str, tuple[float, int]] = {}
+                for score, image_id in found:
+                    row = rows.get(image_id)
+                    if row is not None and row.place_id not in best:
+                        best[row.place_id] = (score, image_id)
+                if len(best) >= k or n >= self._exact.ntotal:
+                    break
+                n = min(self._exact.ntotal, n * 4)
+            ranked = sorted(best.items(), key=lambda item: -item[1][0])[:k]
+            coords = self._store.place_coords([p for p, _ in ranked])
+            return [
+                PlaceHit(
+                    rank=rank,
+                    score=score,
+                    place_id=place_id,
+                    lat=coords[place_id][0],
+                    lon=coords[place_id][1],
+                    image_path=rows[image_id].path,
+                    image_id=image_id,
+                    city=rows[image_id].city,
+                )
+                for rank, (place_id, (score, image_id)) in enumerate(ranked, start=1)
+            ]
+
+    # -- reporting ----------------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        """Counts only; cheap enough for a status topic."""
+        with self._lock:
+            return {
+                "places": self._store.count("places"),
+                "images": self._store.count("images"),
+                "indexed": self._exact.ntotal,
+                "pending": len(self._pending),
+                "skipped": self._store.count("skipped"),
+            }
+
+    def skipped(self) -> list[SkippedItem]:
+        """Every input any build of this map refused, with the latest reason."""
+        with self._lock:
+            return [SkippedItem(source, reason) for source, reason, _ in self._store.skipped()]
+
+    def info(self) -> MapInfo:
+        """Counts plus encoder, index kinds and their size per image on disk."""
+        with self._lock:
+            counts = self.stats()
+            n = max(1, counts["indexed"])
+            kinds = ["exact (IndexIDMap2 over IndexFlatIP)"]
+            sizes: dict[str, float] = {"raw vector": float(self.dim * 4)}
+            exact_path = self.directory / EXACT_FILE
+            if exact_path.exists():
+                sizes["exact"] = exact_path.stat().st_size / n
+            generation = self._generation()
+            for kind in APPROX_KINDS:
+                path = self.directory / approx_file(kind)
+                built = self._store.get_meta(f"approx.{kind}.generation")
+                if built is None or not path.exists():
+                    continue
+                state = "current" if built == generation else "stale, rebuild it"
+                kinds.append(f"{kind} ({state})")
+                sizes[kind] = path.stat().st_size / n
+            return MapInfo(
+                directory=str(self.directory),
+                encoder_fingerprint=self.encoder_fingerprint,
+                dim=self.dim,
+                created=self.created,
+                schema_version=SCHEMA_VERSION,
+                n_places=counts["places"],
+                n_images=counts["images"],
+                n_indexed=counts["indexed"],
+                n_pending=counts["pending"],
+                n_skipped=counts["skipped"],
+                index_types=kinds,
+                bytes_per_embedding=sizes,
+            )
