@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -69,14 +70,18 @@ def noisy_image(colour: tuple[int, int, int], seed: int) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-def make_dataset(root: Path, places: int = 5, per_place: int = 3, start: int = 0) -> Path:
-    """Write ``places`` x ``per_place`` PNGs and a CSV listing them; returns the CSV."""
+def make_dataset(
+    root: Path, places: int = 5, per_place: int = 3, start: int = 0, seed: int = 0
+) -> Path:
+    """Write ``places`` x ``per_place`` PNGs and a CSV listing them; returns the CSV.
+
+    ``seed`` changes the pixels, so two data sets can share file names, not content."""
     (root / "img").mkdir(parents=True, exist_ok=True)
     lines = ["image,place_id,lat,lon,heading"]
     for p in range(places):
         for j in range(start, start + per_place):
             name = f"img/p{p}_{j}.png"
-            noisy_image(COLOURS[p], seed=100 * p + j).save(root / name)
+            noisy_image(COLOURS[p], seed=seed + 100 * p + j).save(root / name)
             lines.append(f"{name},p{p},{40 + p * 0.01},{-70 - j * 1e-5},{j * 90 % 360}")
     csv_path = root / "map.csv"
     csv_path.write_text("\n".join(lines) + "\n")
@@ -107,10 +112,14 @@ def test_build_then_image_query_ranks_right_place_first(tmp_path: Path, dataset:
         assert hits[0].place_id == "p2"
         assert len({h.place_id for h in hits}) == 3
         assert hits[0].score >= hits[1].score >= hits[2].score
-        assert hits[0].image_path.endswith(".png") and "/img/p2_" in hits[0].image_path
+        assert hits[0].image_path.endswith(".png") and hits[0].image_path.startswith("img/p2_")
+        assert hits[0].image_root == (tmp_path / "ds").resolve().as_posix()
+        assert hits[0].resolve() == (tmp_path / "ds" / hits[0].image_path).resolve()
+        assert hits[0].resolve(Path("/robot/ds")) == Path("/robot/ds") / hits[0].image_path
         assert hits[0].lat == pytest.approx(40.02)
         images = db.search_images(noisy_image(COLOURS[2], seed=999), enc, k=3)
         assert [h.place_id for h in images] == ["p2"] * 3
+        assert all(h.resolve().is_file() and not Path(h.path).is_absolute() for h in images)
         assert db.search("red building", enc, k=5)  # text path runs end to end
         info = db.info()
         assert (info.n_places, info.n_images, info.n_indexed, info.n_pending) == (5, 15, 15, 0)
@@ -299,7 +308,9 @@ def test_approximate_indexes_report_recall_against_exact(tmp_path: Path) -> None
         rows = [
             {
                 "id": None,
-                "path": f"/fake/{i}.jpg",
+                "source_root": "/fake",
+                "source_kind": None,
+                "path": f"{i}.jpg",
                 "sha256": f"{i:064x}",
                 "place_id": f"p{i // 4}",
                 "city": "",
@@ -329,7 +340,7 @@ def test_approximate_indexes_report_recall_against_exact(tmp_path: Path) -> None
         places = db.search(query, None, k=3, approximate="hnsw")
         assert places[0].place_id == "p30" and len(places) == 3
         assert any(kind.startswith("hnsw (current") for kind in db.info().index_types)
-        db._store_batch([{**rows[0], "path": "/fake/new.jpg", "sha256": "f" * 64}], vectors[:1])
+        db._store_batch([{**rows[0], "path": "new.jpg", "sha256": "f" * 64}], vectors[:1])
         db._checkpoint()
         with pytest.raises(MapError, match="predates the last map build"):
             db.search(query, None, approximate="ivf")
@@ -345,3 +356,120 @@ def test_second_writer_is_refused_and_progress_bar_runs(tmp_path: Path, dataset:
             with pytest.raises(MapError, match="another process is writing"):
                 db.build(scan_csv(dataset), enc, progress=False)
         assert db.build(scan_csv(dataset), enc, progress=True).added == 15
+
+
+def test_paths_are_stored_relative_to_their_source_root(tmp_path: Path, dataset: Path) -> None:
+    enc = HistogramEncoder()
+    with new_map(tmp_path, enc) as db:
+        db.build(scan_csv(dataset), enc, progress=False, source_kind="csv")
+        [source] = db.sources()
+        assert source.root == (tmp_path / "ds").resolve().as_posix()
+        assert (source.kind, source.n_images) == ("csv", 15)
+        assert source.first_built == source.last_built != ""
+        assert f"source:     {source.root} [csv]: 15 images" in db.info().render()
+    with sqlite3.connect(tmp_path / "map" / "map.sqlite") as conn:
+        paths = [str(r[0]) for r in conn.execute("SELECT path FROM images")]
+        source_ids = {int(r[0]) for r in conn.execute("SELECT source_id FROM images")}
+    assert len(paths) == 15 and source_ids == {source.id}
+    assert all(p.startswith("img/p") and p.endswith(".png") for p in paths)
+
+
+def test_moved_map_and_data_set_still_search_and_resume_after_relocate(tmp_path: Path) -> None:
+    built = tmp_path / "server"
+    make_dataset(built / "ds")
+    enc = HistogramEncoder()
+    with MapDatabase.create(built / "map", enc.fingerprint, enc.dim) as db:
+        db.build(scan_csv(built / "ds" / "map.csv"), enc, progress=False)
+    old_root = (built / "ds").resolve()
+    robot = tmp_path / "robot" / "deploy"
+    robot.parent.mkdir()
+    shutil.move(built, robot)
+    assert not old_root.exists()
+
+    with MapDatabase.open(robot / "map") as db:
+        hit = db.search(noisy_image(COLOURS[3], seed=5), enc, k=1)[0]
+        assert hit.place_id == "p3" and hit.image_path.startswith("img/p3_")
+        assert hit.image_root == old_root.as_posix()
+        assert not hit.resolve().exists()
+        assert hit.resolve(robot / "ds").is_file()
+
+    (robot / "map" / EXACT_FILE).unlink()  # the crash case: rows stored, vectors lost
+    enc = HistogramEncoder()
+    with MapDatabase.open(robot / "map") as db:
+        assert db.stats()["pending"] == 15
+        # Without relocation the re-encode cannot find the files and says what to do.
+        report = db.build(DatasetScan(root=old_root), enc, progress=False)
+        assert (report.reencoded, enc.images_encoded) == (0, 0)
+        assert len(report.skipped) == 15
+        assert all(str(old_root) in s.source for s in report.skipped)
+        assert all("data set root" in s.reason and "relocate" in s.reason for s in report.skipped)
+        assert db.stats()["pending"] == 15
+
+        with pytest.raises(MapError, match="has no data set at"):
+            db.relocate(tmp_path / "elsewhere", robot / "ds")
+        (tmp_path / "empty").mkdir()
+        with pytest.raises(MapError, match="none of 15 sampled images"):
+            db.relocate(old_root, tmp_path / "empty")
+        with pytest.raises(MapError, match="not a directory"):
+            db.relocate(old_root, tmp_path / "missing")
+        assert db.relocate(old_root, robot / "ds") == 15
+        assert db.sources()[0].root == (robot / "ds").resolve().as_posix()
+
+        report = db.build(scan_csv(robot / "ds" / "map.csv"), enc, progress=False)
+        assert (report.reencoded, report.added, report.already_present) == (15, 0, 15)
+        assert enc.images_encoded == 15 and db.stats()["pending"] == 0
+        hit = db.search(noisy_image(COLOURS[4], seed=1), enc, k=1)[0]
+        assert hit.place_id == "p4" and hit.resolve().is_file()
+
+
+def test_two_data_sets_in_one_map_keep_their_own_source(tmp_path: Path) -> None:
+    first = make_dataset(tmp_path / "a", places=2, per_place=2)
+    second = make_dataset(tmp_path / "b", places=2, per_place=2, seed=7)  # same names
+    enc = HistogramEncoder()
+    with new_map(tmp_path, enc) as db:
+        assert db.build(scan_csv(first), enc, progress=False, source_kind="csv").added == 4
+        report = db.build(scan_csv(second), enc, progress=False)
+        assert (report.added, report.already_present, report.skipped) == (4, 0, [])
+        again = db.build(scan_csv(second), enc, progress=False)
+        assert (again.added, again.already_present) == (0, 4)
+        a, b = db.sources()
+        assert (a.root, a.kind, a.n_images) == ((tmp_path / "a").resolve().as_posix(), "csv", 4)
+        assert (b.root, b.kind, b.n_images) == ((tmp_path / "b").resolve().as_posix(), None, 4)
+        hits = db.search_images(noisy_image(COLOURS[0], seed=0), enc, k=4)
+        assert {h.image_root for h in hits} == {a.root, b.root}
+        assert all(h.resolve().is_file() for h in hits)
+        assert {h.path for h in hits} == {"img/p0_0.png", "img/p0_1.png"}
+        with pytest.raises(MapError, match="already the root of another data set"):
+            db.relocate(tmp_path / "a", tmp_path / "b")
+        # content duplicates are still found across sources
+        shutil.copy(tmp_path / "a" / "img" / "p1_0.png", tmp_path / "b" / "img" / "copy.png")
+        dup = DatasetScan(root=tmp_path / "b", records=[ImageRecord("img/copy.png", "p1", 40, -70)])
+        skipped = db.build(dup, enc, progress=False).skipped
+        assert skipped[0].reason == f"duplicate image: same content as {a.root}/img/p1_0.png"
+
+
+def test_map_of_an_older_schema_is_refused_untouched(tmp_path: Path) -> None:
+    directory = tmp_path / "old"
+    directory.mkdir()
+    with sqlite3.connect(directory / "map.sqlite") as conn:
+        conn.executescript(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+            "CREATE TABLE images (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE,"
+            " sha256 TEXT NOT NULL UNIQUE, place_id TEXT NOT NULL, lat REAL, lon REAL,"
+            " heading REAL, date TEXT);"
+            "INSERT INTO meta VALUES ('schema_version', '1'), ('encoder_fingerprint', 'x'),"
+            " ('dim', '48'), ('generation', '1');"
+            "INSERT INTO images VALUES (1, '/srv/ds/img/a.png', 'aa', 'p0', 0, 0, NULL, NULL);"
+        )
+    conn.close()
+    with pytest.raises(MapError, match=r"uses map schema 1, this dlgpr reads schema 2.*rebuild"):
+        MapDatabase.open(directory)
+    with sqlite3.connect(directory / "map.sqlite") as conn:
+        tables = {str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master")}
+    conn.close()
+    assert "sources" not in tables  # not half-converted
+    with sqlite3.connect(directory / "map.sqlite") as conn:
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    conn.close()
+    with pytest.raises(MapError, match="newer than the schema 2 this dlgpr reads; upgrade"):
+        MapDatabase.open(directory)

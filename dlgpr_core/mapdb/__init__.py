@@ -6,7 +6,7 @@ faiss is imported only when an index is first touched, so importing this package
 from dlgpr_core.mapdb.database import MAP_FILE, MapDatabase
 from dlgpr_core.mapdb.errors import MapError
 from dlgpr_core.mapdb.index import APPROX_KINDS, ApproxReport
-from dlgpr_core.mapdb.report import BuildReport, ImageHit, MapInfo, PlaceHit
+from dlgpr_core.mapdb.report import BuildReport, ImageHit, MapInfo, MapSource, PlaceHit
 
 __all__ = [
     "APPROX_KINDS",
@@ -17,5 +17,6 @@ __all__ = [
     "MapDatabase",
     "MapError",
     "MapInfo",
+    "MapSource",
     "PlaceHit",
 ]

@@ -21,6 +21,7 @@ from dlgpr_core.encoders.base import Encoder, l2_normalise
 from dlgpr_core.mapdb.errors import MapError
 from dlgpr_core.mapdb.loading import LoadedImage, load_image
 from dlgpr_core.mapdb.report import BuildReport
+from dlgpr_core.mapdb.store import utc_now
 
 if TYPE_CHECKING:
     from dlgpr_core.mapdb.database import MapDatabase
@@ -31,8 +32,17 @@ class WorkItem:
     """An image to encode: a new record, or a stored row (``row_id``) missing its vector."""
 
     path: Path
+    """The file to read on this machine (absolute, symlinks resolved)."""
     record: ImageRecord | None = None
     row_id: int | None = None
+    rel: str = ""
+    """For a new record: ``path`` relative to the data set root, POSIX, as stored."""
+
+
+RELOCATE_HINT = (
+    "if the data set moved, re-point the map with MapDatabase.relocate(old_root, new_root) "
+    "and build again"
+)
 
 
 def chunks(items: Sequence[WorkItem], size: int) -> Iterator[Sequence[WorkItem]]:
@@ -51,6 +61,7 @@ class Builder:
         batch_size: int,
         progress: bool,
         workers: int,
+        source_kind: str | None = None,
     ) -> None:
         self.db = db
         self.encoder = encoder
@@ -58,18 +69,32 @@ class Builder:
         self.batch_size = batch_size
         self.progress = progress
         self.workers = max(1, workers)
+        self.source_kind = source_kind
+        self.root_key = ""
+        """The scan's root as ``sources.root`` spells it; set by `plan`."""
         self.seen_sha: dict[str, str] = {}
 
     def skip(self, source: str, reason: str) -> None:
         self.report.skipped.append(SkippedItem(source, reason))
 
     def plan(self, scan: DatasetScan) -> list[WorkItem]:
-        """Re-encodes first, then new records; stored paths are counted, never read."""
+        """Re-encodes first, then new records; stored paths are counted, never read.
+
+        A record is "already present" when its (data set root, relative path) is stored;
+        the root is resolved like `resolve_inside` resolves it, so both agree on the
+        relative path whatever symlinks lead to the data set.
+        """
         store = self.db._store
-        pending = sorted(self.db._pending)
-        work = [
-            WorkItem(Path(row.path), row_id=row.id) for row in store.rows_by_ids(pending).values()
-        ]
+        work = self.plan_reencodes()
+        try:
+            root = scan.root.resolve()
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+            raise MapError(f"cannot resolve the data set root {scan.root}: {exc}") from exc
+        self.root_key = root.as_posix()
+        source_id = store.source_id(self.root_key)
+        if source_id is not None and scan.records:
+            store.begin()  # committed with the build's first checkpoint
+            store.touch_source(source_id, self.source_kind, utc_now())
         seen_paths: set[str] = set()
         for record in scan.records:
             resolved = resolve_inside(scan.root, record.path)
@@ -77,15 +102,41 @@ class Builder:
                 self.skip(record.path, ESCAPES_ROOT)
                 continue
             key = resolved.as_posix()
+            rel = resolved.relative_to(root).as_posix()
             if not key.isprintable() or not _utf8(key):
                 self.skip(record.path, "path is not printable UTF-8")
-            elif key in seen_paths:
+            elif rel in seen_paths:
                 self.skip(key, "duplicate path: listed twice in the data set")
-            elif store.path_exists(key):
+            elif source_id is not None and store.path_exists(source_id, rel):
                 self.report.already_present += 1
             else:
-                seen_paths.add(key)
-                work.append(WorkItem(resolved, record=record))
+                seen_paths.add(rel)
+                work.append(WorkItem(resolved, record=record, rel=rel))
+        return work
+
+    def plan_reencodes(self) -> list[WorkItem]:
+        """Stored rows without a vector, read from their source's (possibly relocated) root.
+
+        A missing root is reported once per image with the way out, instead of as many
+        opaque "unreadable file" errors.
+        """
+        rows = self.db._store.rows_by_ids(sorted(self.db._pending))
+        work: list[WorkItem] = []
+        for row in rows.values():
+            shown = f"{row.root.rstrip('/')}/{row.path}"
+            root = Path(row.root)
+            if not root.is_dir():
+                self.skip(
+                    shown,
+                    f"cannot re-encode stored image: data set root {row.root} not found; "
+                    + RELOCATE_HINT,
+                )
+                continue
+            path = resolve_inside(root, row.path)
+            if path is None:
+                self.skip(shown, ESCAPES_ROOT)
+                continue
+            work.append(WorkItem(path, row_id=row.id))
         return work
 
     def run(self, scan: DatasetScan, checkpoint_seconds: float) -> None:
@@ -111,7 +162,10 @@ class Builder:
         if loaded.error is not None or loaded.image is None or loaded.sha256 is None:
             reason = loaded.error or "unreadable file"
             if item.row_id is not None:
-                reason = f"cannot re-encode stored image ({reason}); it stays unsearchable"
+                reason = (
+                    f"cannot re-encode stored image ({reason}); it stays unsearchable; "
+                    + RELOCATE_HINT
+                )
             self.skip(source, reason)
             return False
         if item.row_id is not None:
@@ -140,7 +194,7 @@ class Builder:
             if not ok:
                 self.skip(item.path.as_posix(), "encoder produced a non-finite embedding")
                 continue
-            rows.append(_row(item, ld))
+            rows.append(_row(item, ld, self.root_key, self.source_kind))
         if not rows:
             return
         self.db._store_batch(rows, l2_normalise(vectors[np.asarray(finite, dtype=bool)]))
@@ -156,13 +210,18 @@ def _utf8(text: str) -> bool:
     return True
 
 
-def _row(item: WorkItem, loaded: LoadedImage) -> dict[str, Any]:
+def _row(
+    item: WorkItem, loaded: LoadedImage, source_root: str, source_kind: str | None
+) -> dict[str, Any]:
+    """A row for `MapDatabase._store_batch`; its source is created there on first use."""
     if item.record is None:
         return {"id": item.row_id}
     record = item.record
     return {
         "id": None,
-        "path": item.path.as_posix(),
+        "source_root": source_root,
+        "source_kind": source_kind,
+        "path": item.rel,
         "sha256": loaded.sha256,
         "place_id": record.place_id,
         "city": record.city,

@@ -5,6 +5,11 @@ Crash consistency rests on one ordering rule: the FAISS index is written (atomic
 therefore only hold ids SQLite does not know (dropped on open), and SQLite can only hold
 rows the index lacks if the index file was lost (re-encoded by the next build). Row ids
 are the FAISS ids, so the two never need a mapping table.
+
+Image paths are stored relative to the root of the data set they came from (one
+``sources`` row per root), because maps are built on one machine and used on others:
+search results carry the relative path plus that root, and `MapDatabase.relocate`
+re-points a data set that moved.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from dlgpr_core.mapdb.index import (
     recall_at_k,
     to_search_device,
 )
-from dlgpr_core.mapdb.report import BuildReport, ImageHit, MapInfo, PlaceHit
+from dlgpr_core.mapdb.report import BuildReport, ImageHit, MapInfo, MapSource, PlaceHit
 from dlgpr_core.mapdb.store import SCHEMA_VERSION, MapStore, utc_now
 
 MAP_FILE = "map.sqlite"
@@ -48,6 +53,9 @@ APPROX_HINT = "dlgpr map index --kind {kind}"
 
 Query = str | np.ndarray | Image.Image
 
+_NOT_IMAGE_COLUMNS = frozenset({"id", "source_root", "source_kind"})
+"""Keys of a `_store_batch` row that are not `MapStore.insert_image` arguments."""
+
 
 class MapDatabase:
     """Open with `MapDatabase.open` or `MapDatabase.create`; close (or use ``with``) when done."""
@@ -55,21 +63,30 @@ class MapDatabase:
     def __init__(self, directory: Path, store: MapStore) -> None:
         self.directory = directory
         self._store = store
+        # The version first: another schema may lack (or misname) the keys read below.
+        version = store.stored_version
+        if version is not None and version < SCHEMA_VERSION:
+            raise MapError(
+                f"{directory} uses map schema {version}, this dlgpr reads schema "
+                f"{SCHEMA_VERSION} (image paths relative to their data set root); rebuild "
+                f"the map with `{BUILD_HINT}` into a new directory"
+            )
+        if version is not None and version > SCHEMA_VERSION:
+            raise MapError(
+                f"{directory} uses map schema {version}, newer than the schema "
+                f"{SCHEMA_VERSION} this dlgpr reads; upgrade dlgpr or rebuild the map with "
+                f"`{BUILD_HINT}` into a new directory"
+            )
         meta = store.all_meta()
         try:
             self.encoder_fingerprint = meta["encoder_fingerprint"]
             self.dim = int(meta["dim"])
             self.created = meta.get("created", "")
-            version = int(meta["schema_version"])
+            int(meta["schema_version"])
         except (KeyError, ValueError) as exc:
             raise MapError(
                 f"{directory / MAP_FILE} lacks map metadata ({exc}); it is not a map"
             ) from exc
-        if version != SCHEMA_VERSION:
-            raise MapError(
-                f"{directory} uses map schema {version}, this dlgpr reads schema {SCHEMA_VERSION}; "
-                "rebuild the map with this version"
-            )
         self._exact = ExactIndex(self.dim)
         self._pending: set[int] = set()
         self._index_dirty = False
@@ -107,7 +124,13 @@ class MapDatabase:
 
     @classmethod
     def open(cls, directory: Path | str) -> MapDatabase:
-        """Open an existing map, dropping index entries whose rows never committed."""
+        """Open an existing map, dropping index entries whose rows never committed.
+
+        The map directory may have moved: nothing in it names its own location. Image
+        paths in results are relative to their data set root; where the data set itself
+        moved, search still works (``hit.resolve(new_root)`` finds the file) and
+        `relocate` re-points the map for builds and re-encoding.
+        """
         directory = Path(directory)
         if not directory.is_dir():
             raise MapError(f"no map directory at {directory}; build one with `{BUILD_HINT}`")
@@ -119,7 +142,11 @@ class MapDatabase:
             store = MapStore(directory / MAP_FILE)
         except Exception as exc:  # sqlite3.DatabaseError for a non-database file
             raise MapError(f"{directory / MAP_FILE} is not a readable map: {exc}") from exc
-        return cls(directory, store)
+        try:
+            return cls(directory, store)
+        except BaseException:
+            store.close()  # a refused map must not keep its SQLite file open
+            raise
 
     @classmethod
     def open_or_create(cls, directory: Path | str, encoder: Encoder) -> MapDatabase:
@@ -224,11 +251,15 @@ class MapDatabase:
         *,
         workers: int = 4,
         checkpoint_seconds: float = 30.0,
+        source_kind: str | None = None,
     ) -> BuildReport:
         """Encode and store every new image of ``scan``; resumable and incremental.
 
-        Images whose path is stored are counted as already present and not read.
-        Stored rows lacking an embedding (the index file was lost) are re-encoded first.
+        Images whose (data set root, relative path) is stored are counted as already
+        present and not read; a scan of another root adds a second source to the map.
+        ``source_kind`` (the data set format, e.g. ``"gsv"``) is recorded with the source.
+        Stored rows lacking an embedding (the index file was lost) are re-encoded first,
+        from their source's root; a data set that moved needs `relocate` before that.
         Progress is committed every ``checkpoint_seconds`` and when the build raises,
         so an interrupted build loses at most the batch in flight.
         """
@@ -241,7 +272,7 @@ class MapDatabase:
         with self._build_lock():
             self._reload()
             report = BuildReport(skipped=list(scan.skipped))
-            builder = Builder(self, encoder, report, batch_size, progress, workers)
+            builder = Builder(self, encoder, report, batch_size, progress, workers, source_kind)
             try:
                 builder.run(scan, checkpoint_seconds)
             except BaseException:
@@ -263,12 +294,16 @@ class MapDatabase:
         self._store.savepoint("batch")
         try:
             ids = []
+            sources: dict[str, int] = {}
             for row in rows:
                 if row.get("id") is not None:
                     ids.append(int(row["id"]))
                     continue
-                fields = {k: v for k, v in row.items() if k != "id"}
-                ids.append(self._store.insert_image(**fields))
+                root = str(row["source_root"])
+                if root not in sources:
+                    sources[root] = self._store.ensure_source(root, row["source_kind"], utc_now())
+                fields = {k: v for k, v in row.items() if k not in _NOT_IMAGE_COLUMNS}
+                ids.append(self._store.insert_image(source_id=sources[root], **fields))
                 self._touched_places.add(str(row["place_id"]))
             self._exact.add(vectors, np.asarray(ids, dtype=np.int64))
         except BaseException:
@@ -305,6 +340,59 @@ class MapDatabase:
             self._uncommitted.clear()
             self._touched_places.clear()
             self._reload()
+
+    # -- data set sources ---------------------------------------------------------
+    def sources(self) -> list[MapSource]:
+        """The data sets this map was built from, oldest first."""
+        with self._lock:
+            return [MapSource(*row) for row in self._store.sources()]
+
+    def relocate(self, old_root: Path | str, new_root: Path | str) -> int:
+        """Re-point the images of the data set built from ``old_root`` at ``new_root``.
+
+        The one mechanism for a data set that moved (another machine, another folder):
+        it rewrites that source's root in the map, so later builds from ``new_root``
+        recognise its images as already present and re-encoding after a crash reads them
+        there. Searching needs no relocation: results carry relative paths, and
+        ``hit.resolve(root)`` joins them with wherever this machine keeps the data set.
+
+        ``old_root`` is matched as recorded (see `sources`); ``new_root`` must be a
+        directory holding the source's images (a sample is checked, to catch a wrong
+        folder) and must not be another source's root. Returns the number of images
+        re-pointed.
+        """
+        new = Path(new_root)
+        if not new.is_dir():
+            raise MapError(f"cannot relocate to {new}: not a directory")
+        new_key = new.resolve().as_posix()
+        with self._build_lock():
+            known = {src.root: src for src in self.sources()}
+            old = next((known[c] for c in _root_spellings(old_root) if c in known), None)
+            if old is None:
+                raise MapError(
+                    f"map {self.directory} has no data set at {old_root}; its data set roots "
+                    f"are: {', '.join(known) or 'none'}"
+                )
+            if new_key == old.root:
+                return old.n_images
+            clash = known.get(new_key)
+            if clash is not None and clash.n_images:
+                raise MapError(
+                    f"{new_key} is already the root of another data set of map {self.directory} "
+                    f"({clash.n_images} images); relocate that one first or choose another folder"
+                )
+            sample = self._store.source_paths(old.id, 16)
+            if sample and not any((Path(new_key) / rel).is_file() for rel in sample):
+                raise MapError(
+                    f"none of {len(sample)} sampled images of {old.root} (e.g. {sample[0]}) is "
+                    f"under {new_key}; pass the folder the data set was moved to"
+                )
+            self._store.begin()
+            if clash is not None:
+                self._store.delete_source(clash.id)
+            self._store.set_source_root(old.id, new_key)
+            self._store.commit()
+            return old.n_images
 
     # -- approximate indexes ------------------------------------------------------
     def build_approximate(
@@ -467,6 +555,7 @@ class MapDatabase:
                         heading=row.heading,
                         date=row.date,
                         city=row.city,
+                        image_root=row.root,
                     )
                 )
             return hits
@@ -510,6 +599,7 @@ class MapDatabase:
                     image_path=rows[image_id].path,
                     image_id=image_id,
                     city=rows[image_id].city,
+                    image_root=rows[image_id].root,
                 )
                 for rank, (place_id, (score, image_id)) in enumerate(ranked, start=1)
             ]
@@ -563,4 +653,14 @@ class MapDatabase:
                 n_skipped=counts["skipped"],
                 index_types=kinds,
                 bytes_per_embedding=sizes,
+                sources=self.sources(),
             )
+
+
+def _root_spellings(root: Path | str) -> list[str]:
+    """How a root given by the user may appear in ``sources.root``: it may no longer exist
+    (so resolving can stop short of symlinks it once went through) or be given relative."""
+    path = Path(root)
+    return list(
+        dict.fromkeys([path.as_posix(), path.absolute().as_posix(), path.resolve().as_posix()])
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from dlgpr_core.data.records import SkippedItem
 
@@ -55,12 +56,21 @@ class ImageHit:
     """Inner product of L2-normalised embeddings (cosine similarity)."""
     image_id: int
     path: str
+    """Relative to ``image_root``, POSIX: what the ROS messages carry, valid on any machine."""
     place_id: str
     lat: float
     lon: float
     heading: float | None
     date: str | None
     city: str
+    image_root: str
+    """Root of the data set the image came from, as the map records it (the build machine's
+    path unless the map was re-pointed with `MapDatabase.relocate`)."""
+
+    def resolve(self, root_override: Path | None = None) -> Path:
+        """The image file: ``root_override`` (where this machine keeps the data set) or the
+        recorded root, joined with the relative path."""
+        return _join(self.image_root if root_override is None else root_override, self.path)
 
 
 @dataclass(frozen=True)
@@ -75,9 +85,35 @@ class PlaceHit:
     """Place position: the mean of its images' positions."""
     lon: float
     image_path: str
-    """The place's best-matching image."""
+    """The place's best-matching image, relative to ``image_root``, POSIX."""
     image_id: int
     city: str
+    image_root: str
+    """Root of the data set that image came from; see `ImageHit.image_root`."""
+
+    def resolve(self, root_override: Path | None = None) -> Path:
+        """The best-matching image file; see `ImageHit.resolve`."""
+        return _join(self.image_root if root_override is None else root_override, self.image_path)
+
+
+def _join(root: Path | str, rel: str) -> Path:
+    return Path(root) / rel
+
+
+@dataclass(frozen=True)
+class MapSource:
+    """One data set a map was built from; its images' paths are relative to ``root``."""
+
+    id: int
+    root: str
+    """Absolute POSIX path of the data set root at build time (or as last relocated)."""
+    kind: str | None
+    """Data set format (``"gsv"``, ``"csv"``...) where the build was told it."""
+    first_built: str
+    last_built: str
+    """UTC ISO times of the first build that stored an image from it and the latest build
+    that scanned it."""
+    n_images: int
 
 
 @dataclass
@@ -98,6 +134,7 @@ class MapInfo:
     index_types: list[str] = field(default_factory=list)
     bytes_per_embedding: dict[str, float] = field(default_factory=dict)
     """Index kind -> file bytes / indexed images (vectors, ids and structure overhead)."""
+    sources: list[MapSource] = field(default_factory=list)
 
     def render(self) -> str:
         lines = [
@@ -113,6 +150,9 @@ class MapInfo:
         ]
         sizes = self.bytes_per_embedding.items()
         lines.extend(f"  {kind}: {size:.0f} bytes per image" for kind, size in sizes)
+        for src in self.sources:
+            kind = f" [{src.kind}]" if src.kind else ""
+            lines.append(f"source:     {src.root}{kind}: {src.n_images} images")
         return "\n".join(lines)
 
     def __str__(self) -> str:

@@ -16,12 +16,21 @@ from pathlib import Path
 
 from dlgpr_core.data.records import SkippedItem
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: image paths relative to their data set root plus a ``sources`` table (1 stored them
+absolute, which broke every map moved to another machine)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sources (
+    id          INTEGER PRIMARY KEY,
+    root        TEXT NOT NULL UNIQUE,
+    kind        TEXT,
+    first_built TEXT NOT NULL,
+    last_built  TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS places (
     place_id TEXT PRIMARY KEY,
@@ -30,14 +39,16 @@ CREATE TABLE IF NOT EXISTS places (
     lon      REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS images (
-    id       INTEGER PRIMARY KEY,
-    path     TEXT NOT NULL UNIQUE,
-    sha256   TEXT NOT NULL UNIQUE,
-    place_id TEXT NOT NULL REFERENCES places(place_id),
-    lat      REAL NOT NULL,
-    lon      REAL NOT NULL,
-    heading  REAL,
-    date     TEXT
+    id        INTEGER PRIMARY KEY,
+    source_id INTEGER NOT NULL REFERENCES sources(id),
+    path      TEXT NOT NULL,
+    sha256    TEXT NOT NULL UNIQUE,
+    place_id  TEXT NOT NULL REFERENCES places(place_id),
+    lat       REAL NOT NULL,
+    lon       REAL NOT NULL,
+    heading   REAL,
+    date      TEXT,
+    UNIQUE (source_id, path)
 );
 CREATE INDEX IF NOT EXISTS images_place ON images(place_id);
 CREATE TABLE IF NOT EXISTS skipped (
@@ -48,6 +59,9 @@ CREATE TABLE IF NOT EXISTS skipped (
     UNIQUE (source, reason)
 );
 """
+"""``sources.root``: the data set root as an absolute POSIX path (symlinks resolved) where
+it was at build time, or where `MapDatabase.relocate` last pointed it. ``images.path``:
+POSIX, relative to that root, so a map and its data set can move together."""
 
 
 def utc_now() -> str:
@@ -61,6 +75,9 @@ class ImageRow:
 
     id: int
     path: str
+    """Relative to ``root``, POSIX."""
+    root: str
+    """The root of the data set the image came from (``sources.root``)."""
     place_id: str
     lat: float
     lon: float
@@ -80,7 +97,24 @@ class MapStore:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA foreign_keys=ON")
-        self._conn.executescript(_SCHEMA)
+        self.stored_version = self._stored_version()
+        # A map of another schema is left untouched: adding this version's tables to it
+        # would half-convert it. MapDatabase refuses it with a message saying to rebuild.
+        if self.stored_version in (None, SCHEMA_VERSION):
+            self._conn.executescript(_SCHEMA)
+
+    def _stored_version(self) -> int | None:
+        """The map's ``schema_version`` meta value; None for a new (or non-map) file."""
+        has_meta = self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
+        ).fetchone()
+        if has_meta is None:
+            return None
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        try:
+            return None if row is None else int(row[0])
+        except ValueError:
+            return -1  # unparsable: never equal to SCHEMA_VERSION, so refused
 
     # -- transactions -------------------------------------------------------------
     @property
@@ -132,17 +166,78 @@ class MapStore:
         return {str(k): str(v) for k, v in self._conn.execute("SELECT key, value FROM meta")}
 
     # -- images and places ----------------------------------------------------------
-    def path_exists(self, path: str) -> bool:
-        row = self._conn.execute("SELECT 1 FROM images WHERE path = ?", (path,)).fetchone()
+    # -- sources --------------------------------------------------------------------
+    def source_id(self, root: str) -> int | None:
+        row = self._conn.execute("SELECT id FROM sources WHERE root = ?", (root,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def ensure_source(self, root: str, kind: str | None, now: str) -> int:
+        """The id of the source at ``root``, created on its first stored image.
+
+        Created lazily (not when a build starts) so a build that stores nothing, for
+        example over a moved data set whose images are all duplicates, leaves no empty
+        source behind that would block `MapDatabase.relocate` to that root.
+        """
+        self._conn.execute(
+            "INSERT INTO sources(root, kind, first_built, last_built) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(root) DO UPDATE SET kind = coalesce(sources.kind, excluded.kind)",
+            (root, kind, now, now),
+        )
+        found = self.source_id(root)
+        assert found is not None
+        return found
+
+    def touch_source(self, source_id: int, kind: str | None, now: str) -> None:
+        """Record that a build scanned this source again (and its kind, once known)."""
+        self._conn.execute(
+            "UPDATE sources SET last_built = ?, kind = coalesce(kind, ?) WHERE id = ?",
+            (now, kind, source_id),
+        )
+
+    def sources(self) -> list[tuple[int, str, str | None, str, str, int]]:
+        """(id, root, kind, first_built, last_built, number of images), oldest first."""
+        rows = self._conn.execute(
+            "SELECT sources.id, root, kind, first_built, last_built, count(images.id) "
+            "FROM sources LEFT JOIN images ON images.source_id = sources.id "
+            "GROUP BY sources.id ORDER BY sources.id"
+        )
+        return [
+            (int(a), str(b), None if c is None else str(c), str(d), str(e), int(f))
+            for a, b, c, d, e, f in rows
+        ]
+
+    def set_source_root(self, source_id: int, root: str) -> None:
+        self._conn.execute("UPDATE sources SET root = ? WHERE id = ?", (root, source_id))
+
+    def delete_source(self, source_id: int) -> None:
+        self._conn.execute("DELETE FROM sources WHERE id = ?", (source_id,))
+
+    def source_paths(self, source_id: int, limit: int) -> list[str]:
+        rows = self._conn.execute(
+            "SELECT path FROM images WHERE source_id = ? ORDER BY id LIMIT ?", (source_id, limit)
+        )
+        return [str(r[0]) for r in rows]
+
+    # -- images and places ----------------------------------------------------------
+    def path_exists(self, source_id: int, path: str) -> bool:
+        row = self._conn.execute(
+            "SELECT 1 FROM images WHERE source_id = ? AND path = ?", (source_id, path)
+        ).fetchone()
         return row is not None
 
     def path_of_sha(self, sha256: str) -> str | None:
-        row = self._conn.execute("SELECT path FROM images WHERE sha256 = ?", (sha256,)).fetchone()
-        return None if row is None else str(row[0])
+        """Where the image with this content is stored: ``root/path`` as the map knows it."""
+        row = self._conn.execute(
+            "SELECT sources.root, images.path FROM images "
+            "JOIN sources ON sources.id = images.source_id WHERE sha256 = ?",
+            (sha256,),
+        ).fetchone()
+        return None if row is None else f"{str(row[0]).rstrip('/')}/{row[1]}"
 
     def insert_image(
         self,
         *,
+        source_id: int,
         path: str,
         sha256: str,
         place_id: str,
@@ -159,9 +254,9 @@ class MapStore:
             (place_id, city, lat, lon),
         )
         cursor = self._conn.execute(
-            "INSERT INTO images(path, sha256, place_id, lat, lon, heading, date) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (path, sha256, place_id, lat, lon, heading, date),
+            "INSERT INTO images(source_id, path, sha256, place_id, lat, lon, heading, date) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (source_id, path, sha256, place_id, lat, lon, heading, date),
         )
         row_id = cursor.lastrowid
         assert row_id is not None
@@ -186,13 +281,23 @@ class MapStore:
             chunk = [int(i) for i in ids[start : start + 500]]
             marks = ",".join("?" * len(chunk))
             query = (
-                "SELECT images.id, images.path, images.place_id, images.lat, images.lon, "
-                "images.heading, images.date, places.city FROM images "
-                f"JOIN places ON places.place_id = images.place_id WHERE images.id IN ({marks})"
+                "SELECT images.id, images.path, sources.root, images.place_id, images.lat, "
+                "images.lon, images.heading, images.date, places.city FROM images "
+                "JOIN places ON places.place_id = images.place_id "
+                "JOIN sources ON sources.id = images.source_id "
+                f"WHERE images.id IN ({marks})"
             )
             for r in self._conn.execute(query, chunk):
                 out[int(r[0])] = ImageRow(
-                    int(r[0]), str(r[1]), str(r[2]), float(r[3]), float(r[4]), r[5], r[6], str(r[7])
+                    int(r[0]),
+                    str(r[1]),
+                    str(r[2]),
+                    str(r[3]),
+                    float(r[4]),
+                    float(r[5]),
+                    r[6],
+                    r[7],
+                    str(r[8]),
                 )
         return out
 
@@ -222,6 +327,6 @@ class MapStore:
 
     # -- counts -------------------------------------------------------------------
     def count(self, table: str) -> int:
-        if table not in {"images", "places", "skipped"}:
+        if table not in {"images", "places", "skipped", "sources"}:
             raise ValueError(table)
         return int(self._conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
