@@ -38,7 +38,14 @@ setup(
         "train": ["tensorboard>=2.15", "accelerate>=1.0"],
         "speech": ["faster-whisper>=1.0", "sounddevice>=0.4", "silero-vad>=5", "onnxruntime"],
         "gpu": ["faiss-gpu-cu12>=1.8"],
-        "dev": ["pytest>=8", "ruff>=0.6", "mypy>=1.10", "types-PyYAML", "types-tqdm", "scikit-image"],
+        "dev": [
+            "pytest>=8",
+            "ruff>=0.6",
+            "mypy>=1.10",
+            "types-PyYAML",
+            "types-tqdm",
+            "scikit-image",  # real photos for checking the pretrained image tower
+        ],
     },
     entry_points={"console_scripts": ["dlgpr = dlgpr_core.cli:main"]},
 )

@@ -15,14 +15,16 @@ from typing import Any
 
 import pytest
 
-rclpy = pytest.importorskip("rclpy", reason="run `make setup` first: rclpy comes from ROS wheels")
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from rclpy.node import Node  # noqa: E402
-from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
-from sensor_msgs.msg import NavSatFix, NavSatStatus  # noqa: E402
-from std_msgs.msg import Header  # noqa: E402
+# No importorskip: without rclpy or the built messages this must fail, not pass quietly
+# (`make setup` installs the ROS wheels and colcon-builds dlgpr_ros).
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import NavSatFix, NavSatStatus
+from std_msgs.msg import Header
 
-from dlgpr_ros.msg import (  # noqa: E402
+from dlgpr_ros.msg import (
     CandidateList,
     CandidatePlace,
     DialogueState,
@@ -125,7 +127,9 @@ def _same(a: Any, b: Any) -> bool:
         return abs(a - b) <= 1e-6 * max(1.0, abs(a))
     if isinstance(a, (list, tuple)) or hasattr(a, "tolist"):
         a_list, b_list = list(a), list(b)
-        return len(a_list) == len(b_list) and all(_same(x, y) for x, y in zip(a_list, b_list, strict=True))
+        return len(a_list) == len(b_list) and all(
+            _same(x, y) for x, y in zip(a_list, b_list, strict=True)
+        )
     return bool(a == b)
 
 
@@ -136,7 +140,9 @@ def ros() -> Iterator[None]:
     rclpy.shutdown()
 
 
-def _spin_until(ex: SingleThreadedExecutor, done: Callable[[], bool], act: Callable[[], None]) -> None:
+def _spin_until(
+    ex: SingleThreadedExecutor, done: Callable[[], bool], act: Callable[[], None]
+) -> None:
     deadline = time.monotonic() + 15.0
     while not done() and time.monotonic() < deadline:
         act()
@@ -193,3 +199,32 @@ def test_round_trip_across_processes(ros: None) -> None:
         ex.shutdown()
         listener.destroy_node()
     assert received and received[0].text == "across processes"
+
+
+def test_conversions_from_core_results() -> None:
+    """Map search results become messages with every field carried over."""
+    from builtin_interfaces.msg import Time
+
+    from dlgpr_core.mapdb.report import PlaceHit
+    from dlgpr_ros.conversions import candidate_list, navsatfix
+
+    hits = [
+        PlaceHit(
+            1, 0.91, "Synthville:4", 48.1, 11.5, "Images/Synthville/a.jpg", 7, "Synthville", "/data"
+        ),
+        PlaceHit(
+            2, 0.52, "Synthville:9", 48.2, 11.6, "Images/Synthville/b.jpg", 3, "Synthville", "/data"
+        ),
+    ]
+    stamp = Time(sec=5, nanosec=6)
+    msg = candidate_list(
+        hits, dialogue_id="d", round_=2, query_text="q", encoder="enc", stamp=stamp
+    )
+    assert (msg.dialogue_id, msg.round, msg.header.stamp.sec) == ("d", 2, 5)
+    assert [c.place_id for c in msg.candidates] == ["Synthville:4", "Synthville:9"]
+    assert [c.rank for c in msg.candidates] == [1, 2]
+    assert msg.candidates[0].image_uri == "Images/Synthville/a.jpg"
+    assert abs(msg.candidates[1].score - 0.52) < 1e-6
+    fix = navsatfix(48.1, 11.5, stamp)
+    assert fix.status.status == NavSatStatus.STATUS_FIX and fix.latitude == 48.1
+    assert navsatfix(None, None, stamp).status.status == NavSatStatus.STATUS_NO_FIX

@@ -40,7 +40,7 @@ class WorkItem:
 
 
 RELOCATE_HINT = (
-    "if the data set moved, re-point the map with MapDatabase.relocate(old_root, new_root) "
+    "if the data set moved, re-point the map with `dlgpr map relocate OLD NEW --map DIR` "
     "and build again"
 )
 

@@ -1,0 +1,257 @@
+"""The `dlgpr` command line: generate data, build maps, query them, run the demo.
+
+Heavy libraries (torch, faiss, open_clip) are imported inside the commands so that
+`dlgpr --help` answers instantly on a robot.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from dlgpr_core.encoders.base import Encoder
+    from dlgpr_core.mapdb.database import MapDatabase
+    from dlgpr_core.mapdb.report import PlaceHit
+
+app = typer.Typer(
+    help="Dialogue place recognition: find where you are from what a person says.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+map_app = typer.Typer(
+    help="Build, inspect and query street-view map databases.", no_args_is_help=True
+)
+app.add_typer(map_app, name="map")
+console = Console()
+err_console = Console(stderr=True)
+
+MapOption = Annotated[Path, typer.Option("--map", "-m", help="Map database directory.")]
+EncoderOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Encoder: 'dlgpr-lite' (embedded default), 'open_clip:<model>:<tag or path>', "
+        "or a JSON model config. Queries default to the encoder the map was built with."
+    ),
+]
+CheckpointOption = Annotated[
+    Path | None, typer.Option(help="Trained parameters (safetensors) for the encoder.")
+]
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Argument(help="Output root (GSV-Cities layout is written here).")],
+    city: Annotated[str, typer.Option(help="City name (folder and CSV name).")] = "Synthville",
+    places: Annotated[int, typer.Option(min=1, help="Number of places.")] = 200,
+    views: Annotated[int, typer.Option(min=1, help="Views (images) per place.")] = 4,
+    seed: Annotated[int, typer.Option(help="Random seed; same seed, same city.")] = 0,
+    difficulty: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="0 = distinct places, 1 = near-duplicates.")
+    ] = 0.5,
+    workers: Annotated[int, typer.Option(min=1, help="Processes used for rendering.")] = 1,
+) -> None:
+    """Generate a SynthCities city: street-view-like images with exact annotations."""
+    from dlgpr_core.synth import generate_city
+
+    manifest = generate_city(
+        out, city, places, views_per_place=views, seed=seed, difficulty=difficulty, workers=workers
+    )
+    console.print(
+        f"[green]generated[/] {manifest.n_places} places, {manifest.n_images} images of "
+        f"{manifest.city} under {out}"
+    )
+
+
+def _encoder(name: str, checkpoint: Path | None) -> Encoder:
+    from dlgpr_core.encoders.factory import create_encoder
+
+    with console.status(f"loading encoder {name} ..."):
+        return create_encoder(name, checkpoint=checkpoint)
+
+
+def _open_map(map_dir: Path) -> MapDatabase:
+    from dlgpr_core.mapdb.database import MapDatabase
+
+    return MapDatabase.open(map_dir)
+
+
+@map_app.command("build")
+def map_build(
+    dataset: Annotated[
+        Path, typer.Argument(help="GSV-Cities/SynthCities root, or a CSV (image,place_id,lat,lon).")
+    ],
+    map_dir: MapOption,
+    fmt: Annotated[str, typer.Option("--format", help="auto, gsv or csv.")] = "auto",
+    encoder: EncoderOption = None,
+    checkpoint: CheckpointOption = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    index: Annotated[
+        str, typer.Option(help="Also build an approximate index: none, ivf or hnsw.")
+    ] = "none",
+) -> None:
+    """Build or extend a map; resumes an interrupted build and adds only new images."""
+    from dlgpr_core.data import detect_format, scan_dataset
+    from dlgpr_core.mapdb.database import MapDatabase
+
+    kind = detect_format(dataset) if fmt == "auto" else fmt
+    scan = scan_dataset(dataset, fmt=kind)
+    if (map_dir / "map.sqlite").exists():
+        db = MapDatabase.open(map_dir)
+        spec = db.encoder_spec()
+        name = encoder or spec.get("name") or "dlgpr-lite"
+        ckpt = checkpoint or (Path(spec["checkpoint"]) if spec.get("checkpoint") else None)
+        enc = _encoder(name, ckpt)
+    else:
+        name = encoder or "dlgpr-lite"
+        enc = _encoder(name, checkpoint)
+        db = MapDatabase.create(map_dir, enc.fingerprint, enc.dim)
+        db.set_encoder_spec(name, str(checkpoint) if checkpoint else None)
+    console.print(
+        f"building map {map_dir} from {scan.root}: {len(scan.records)} images found, "
+        f"{len(scan.skipped)} refused while reading"
+    )
+    report = db.build(scan, enc, batch_size=batch_size, progress=True, source_kind=kind)
+    console.print(report.render())
+    if index != "none":
+        console.print(db.build_approximate(index).render())  # type: ignore[arg-type]
+    console.print(db.info().render())
+
+
+@map_app.command("info")
+def map_info(map_dir: MapOption) -> None:
+    """What a map holds: places, images, skipped inputs, encoder, index sizes."""
+    console.print(_open_map(map_dir).info().render())
+
+
+@map_app.command("index")
+def map_index(
+    map_dir: MapOption,
+    kind: Annotated[str, typer.Option(help="ivf or hnsw.")] = "hnsw",
+) -> None:
+    """Build an approximate index for a large map and report its recall against exact search."""
+    console.print(_open_map(map_dir).build_approximate(kind).render())  # type: ignore[arg-type]
+
+
+@map_app.command("relocate")
+def map_relocate(
+    old_root: Annotated[Path, typer.Argument(help="The data set root the map recorded.")],
+    new_root: Annotated[Path, typer.Argument(help="Where that data set lies now.")],
+    map_dir: MapOption,
+) -> None:
+    """Re-point a map at a data set that moved (needed to resume or extend a build)."""
+    n = _open_map(map_dir).relocate(old_root, new_root)
+    console.print(f"re-pointed {n} images from {old_root} to {new_root}")
+
+
+def _hits_table(title: str, hits: list[PlaceHit], target: str | None = None) -> Table:
+    table = Table(title=title, title_justify="left")
+    for col in ("rank", "place", "score", "latitude", "longitude", "best image"):
+        table.add_column(col)
+    for h in hits:
+        mark = " [green]<- true place[/]" if target and h.place_id == target else ""
+        table.add_row(
+            str(h.rank),
+            h.place_id + mark,
+            f"{h.score:.3f}",
+            f"{h.lat:.6f}",
+            f"{h.lon:.6f}",
+            Path(h.image_path).name,
+        )
+    return table
+
+
+@map_app.command("query")
+def map_query(
+    text: Annotated[str, typer.Argument(help="What the person says they see.")],
+    map_dir: MapOption,
+    k: Annotated[int, typer.Option("-k", min=1, help="Number of places to return.")] = 5,
+    encoder: EncoderOption = None,
+    checkpoint: CheckpointOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    approximate: Annotated[
+        str | None, typer.Option(help="Search an approximate index (ivf/hnsw) instead.")
+    ] = None,
+) -> None:
+    """Static retrieval: the top places for a description, with scores and positions."""
+    db = _open_map(map_dir)
+    spec = db.encoder_spec()
+    name = encoder or spec.get("name") or "dlgpr-lite"
+    ckpt = checkpoint or (Path(spec["checkpoint"]) if spec.get("checkpoint") else None)
+    enc = _encoder(name, ckpt)
+    hits = db.search(text, enc, k=k, approximate=approximate)  # type: ignore[arg-type]
+    if as_json:
+        sys.stdout.write(json.dumps([h.__dict__ for h in hits], indent=2) + "\n")
+    else:
+        console.print(_hits_table(f"top {k} places for: {text!r}", hits))
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where the demo city and map are kept.")] = Path(
+        "data/demo"
+    ),
+    places: Annotated[int, typer.Option(min=10)] = 300,
+    seed: Annotated[int, typer.Option()] = 7,
+    queries: Annotated[int, typer.Option(min=1, help="Places to look for.")] = 3,
+) -> None:
+    """The main job on the embedded data: generate a city, build its map, query it.
+
+    Each place is looked for twice: with the vague first caption a person would say
+    (many look-alike places match it) and with the full description; the gap is
+    what the dialogue of later rounds closes.
+    """
+    from dlgpr_core.data import scan_dataset
+    from dlgpr_core.data.annotations import read_annotations
+    from dlgpr_core.data.records import namespaced_place_id
+    from dlgpr_core.mapdb.database import MapDatabase
+    from dlgpr_core.synth import generate_city
+
+    city = "Demoville"
+    annotations = workdir / "Annotations" / f"{city}.jsonl"
+    if not annotations.exists():
+        generate_city(workdir, city, places, views_per_place=4, seed=seed, difficulty=0.5)
+    map_dir = workdir / "map"
+    enc = _encoder("dlgpr-lite", None)
+    if (map_dir / "map.sqlite").exists():
+        db = MapDatabase.open(map_dir)
+    else:
+        db = MapDatabase.create(map_dir, enc.fingerprint, enc.dim)
+        db.set_encoder_spec("dlgpr-lite", None)
+    report = db.build(scan_dataset(workdir, fmt="gsv"), enc, progress=True, source_kind="gsv")
+    console.print(report.render())
+    console.print(db.info().render())
+    annotated = read_annotations(annotations)
+    step = max(1, len(annotated) // queries)
+    for place in annotated[::step][:queries]:
+        target = namespaced_place_id(place.city, place.place_id)
+        for label, text in (("caption", place.caption), ("description", place.description)):
+            hits = db.search(text, enc, k=5)
+            console.print(_hits_table(f"{label}: {text[:150]!r}", hits, target))
+            ranks = [h.rank for h in hits if h.place_id == target]
+            console.print(
+                f"  true place {target}: "
+                + (f"rank {ranks[0]}" if ranks else "not in the top 5")
+                + "\n"
+            )
+
+
+def main() -> None:
+    """Console entry point; user-fixable errors print a message and exit with code 2."""
+    from dlgpr_core.mapdb.errors import MapError
+
+    try:
+        app()
+    except (MapError, FileNotFoundError, ValueError) as exc:
+        err_console.print(f"[bold red]error:[/] {exc}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

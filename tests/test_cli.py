@@ -1,0 +1,106 @@
+"""The `dlgpr` command as a user runs it: generate a city, build its map, query it.
+
+These run the real console script in a subprocess with the embedded default encoder
+(real pretrained towers from PyPI packages + the shipped trained heads).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from dlgpr_core.data.annotations import read_annotations
+from dlgpr_core.data.records import namespaced_place_id
+
+pytestmark = pytest.mark.slow
+
+DLGPR = shutil.which("dlgpr")
+
+
+def run(*args: str | Path, ok: bool = True) -> subprocess.CompletedProcess[str]:
+    assert DLGPR, "the dlgpr console script is not installed: run `make setup`"
+    proc = subprocess.run(
+        [DLGPR, *map(str, args)], capture_output=True, text=True, timeout=600, check=False
+    )
+    if ok:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def city(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("city")
+    run("synth", root, "--city", "Clitown", "--places", "24", "--views", "2", "--seed", "5")
+    run("map", "build", root, "--map", root / "map", "--batch-size", "16")
+    return root
+
+
+def test_help_lists_every_command() -> None:
+    out = run("--help").stdout
+    for command in ("synth", "map", "demo"):
+        assert command in out
+    out = run("map", "--help").stdout
+    for command in ("build", "query", "info", "index"):
+        assert command in out
+
+
+def test_query_prints_ranked_places_as_json(city: Path) -> None:
+    place = read_annotations(city / "Annotations" / "Clitown.jsonl")[0]
+    proc = run("map", "query", place.description, "--map", city / "map", "-k", "5", "--json")
+    hits = json.loads(proc.stdout)
+    assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
+    assert all(h["place_id"].startswith("Clitown:") for h in hits)
+    assert all(-90 <= h["lat"] <= 90 and -180 <= h["lon"] <= 180 for h in hits)
+    scores = [h["score"] for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    table = run("map", "query", place.caption, "--map", city / "map", "-k", "3").stdout
+    assert "top 3 places" in table and "Clitown:" in table
+
+
+def test_built_map_finds_described_places(city: Path) -> None:
+    """The map the CLI built, queried in-process (one encoder load) for every place."""
+    from dlgpr_core.encoders.factory import create_encoder
+    from dlgpr_core.mapdb import MapDatabase
+
+    places = read_annotations(city / "Annotations" / "Clitown.jsonl")
+    assert len(places) == 24
+    encoder = create_encoder("dlgpr-lite")
+    with MapDatabase.open(city / "map") as db:
+        top5 = sum(
+            namespaced_place_id(p.city, p.place_id)
+            in {h.place_id for h in db.search(p.description, encoder, k=5)}
+            for p in places
+        )
+    # Chance is 5/24 (about 21%); the trained default must do far better on full descriptions.
+    assert top5 / len(places) >= 0.6, f"only {top5}/{len(places)} places in the top 5"
+
+
+def test_rebuild_adds_nothing_and_info_reports_counts(city: Path) -> None:
+    out = run("map", "build", city, "--map", city / "map").stdout
+    assert "added 0 images, 48 already present" in out
+    info = run("map", "info", "--map", city / "map").stdout
+    assert "places:     24" in info and "images:     48" in info
+
+
+def test_missing_map_is_a_clear_error(tmp_path: Path) -> None:
+    proc = run("map", "query", "a bank", "--map", tmp_path / "nowhere", ok=False)
+    assert proc.returncode == 2
+    assert "error:" in proc.stderr and "nowhere" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_map_of_another_encoder_is_refused(city: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from dlgpr_core.encoders.factory import DEFAULT_CHECKPOINT
+
+    heads = load_file(str(DEFAULT_CHECKPOINT))
+    other = tmp_path / "other_heads.safetensors"
+    save_file({k: v * 1.5 for k, v in heads.items()}, str(other))
+    proc = run("map", "query", "a bank", "--map", city / "map", "--checkpoint", other, ok=False)
+    assert proc.returncode == 2
+    assert "rebuild the map or pass the matching encoder" in proc.stderr
