@@ -3,13 +3,13 @@
 # colcon-builds the ROS 2 messages. Idempotent: each step is skipped when the inputs it
 # depends on have not changed since it last succeeded (a second run takes seconds).
 #
-# The venv lives OUTSIDE the source tree (default ~/.cache/dlgpr/venv, override with
-# DLGPR_VENV): rosidl's CMake export refuses include paths (numpy's, from the venv) that lie
-# inside the package's source directory.
+# The venv location is chosen in scripts/venv_path.sh (override with DLGPR_VENV).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
-venv="${DLGPR_VENV:-$HOME/.cache/dlgpr/venv}"
+# shellcheck disable=SC1091
+source scripts/venv_path.sh
+venv="$DLGPR_VENV"
 python="${DLGPR_PYTHON:-python3}"
 torch_reqs="${DLGPR_TORCH_REQUIREMENTS:-requirements/torch.txt}"
 
