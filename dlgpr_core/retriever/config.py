@@ -47,6 +47,10 @@ class CMPLConfig(BaseModel):
     # 1-based indices of the blocks whose output feeds the fine branch; None scales the
     # paper's {3, 6, 9, 12} to the real depth of each tower.
     levels: list[int] | None = None
+    # 1-based text tower layers paired by position with the vision levels, for text towers of a
+    # different depth (MiniLM has 6 layers against a ViT's 8 or 12); None applies `levels`
+    # (or the paper's quarters) to the text depth.
+    text_levels: list[int] | None = None
     # Keep only the deepest of those levels (the single-level rows of the ablation).
     last_level_only: bool = False
     n_queries: int = Field(default=16, ge=1)
@@ -56,6 +60,12 @@ class CMPLConfig(BaseModel):
     keep_ratio: float = Field(default=0.5, gt=0.0, le=1.0)
 
     long_text: LongTextConfig = Field(default_factory=LongTextConfig)
+
+    # LiT-style locking of a pretrained text tower: its projection always trains, and the last
+    # `lock_text_unlocked_layers` layers too, so alignment cannot wash out the pretrained
+    # language knowledge that robustness to unseen wording relies on.
+    lock_text: bool = False
+    lock_text_unlocked_layers: int = Field(default=0, ge=0)
 
     use_fine: bool = True
     use_saliency: bool = True
@@ -89,6 +99,12 @@ class CMPLConfig(BaseModel):
                 raise ValueError(f"levels must be non-empty, 1-based block indices: {self.levels}")
             if len(set(self.levels)) != len(self.levels):
                 raise ValueError(f"levels repeat an index: {self.levels}")
+        if self.text_levels is not None:
+            tl = self.text_levels
+            if not tl or any(level < 1 for level in tl) or len(set(tl)) != len(tl):
+                raise ValueError(f"text_levels must be distinct 1-based layer indices: {tl}")
+            if self.levels is not None and len(tl) != len(self.levels):
+                raise ValueError(f"text_levels {tl} do not pair up with levels {self.levels}")
         if (
             self.score_level_weights is not None
             and self.levels is not None
@@ -112,6 +128,15 @@ class CMPLConfig(BaseModel):
                 raise ValueError(f"level {levels[-1]} exceeds the tower depth {depth}")
         else:
             levels = sorted({max(1, int(depth * f + 0.5)) for f in PAPER_LEVEL_FRACTIONS})
+        return levels[-1:] if self.last_level_only else levels
+
+    def resolve_text_levels(self, depth: int) -> list[int]:
+        """Text layers for a text tower with `depth` layers, in the order of the vision levels."""
+        if self.text_levels is None:
+            return self.resolve_levels(depth)
+        levels = sorted(self.text_levels)
+        if levels[-1] > depth:
+            raise ValueError(f"text level {levels[-1]} exceeds the text tower depth {depth}")
         return levels[-1:] if self.last_level_only else levels
 
     # -- serialisation -----------------------------------------------------------------------

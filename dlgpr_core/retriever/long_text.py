@@ -13,6 +13,7 @@ import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -70,7 +71,8 @@ def text_tower_owner(model: nn.Module) -> Any:
             )
         return text
     raise NotImplementedError(
-        f"text tower {type(text).__name__} is not supported (HF text towers are not implemented)"
+        f"text tower {type(text).__name__} has no positional embedding to stretch or walk "
+        "(HF text towers are handled by CMPL separately)"
     )
 
 
@@ -114,11 +116,41 @@ class TokenizedText:
         return TokenizedText(self.ids.to(device), self.owner.to(device), self.n_texts)
 
 
-class LongTextTokenizer:
-    """CLIP BPE tokenisation with an explicit overflow policy.
+class HFTokenAdapter:
+    """A Hugging Face tokenizer seen through SimpleTokenizer's interface (encode, sot/eot ids).
 
-    Only SimpleTokenizer-style tokenizers (encode() plus sot/eot ids) are supported, which is
-    what every OpenAI-style CLIP text tower uses.
+    Special tokens are added per row by LongTextTokenizer, so that every chunk of a long text
+    is framed as [CLS] ... [SEP] exactly like a short one.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        from transformers import AutoTokenizer
+
+        self.hf = AutoTokenizer.from_pretrained(str(path))
+        cls_id, sep_id, pad_id = (
+            self.hf.cls_token_id,
+            self.hf.sep_token_id,
+            self.hf.pad_token_id,
+        )
+        if cls_id is None or sep_id is None or pad_id is None:
+            raise ValueError(f"{path}: tokenizer lacks CLS/SEP/PAD tokens (BERT-style expected)")
+        self.sot_token_id = int(cls_id)
+        self.eot_token_id = int(sep_id)
+        self.pad_token_id = int(pad_id)
+
+    def encode(self, text: str) -> list[int]:
+        # verbose=False: overlong texts are reported (once per batch) by LongTextTokenizer.
+        ids = self.hf(text, add_special_tokens=False, verbose=False)["input_ids"]
+        return [int(i) for i in ids]
+
+
+class LongTextTokenizer:
+    """Tokenisation with an explicit overflow policy.
+
+    Works with SimpleTokenizer-style tokenizers (encode() plus sot/eot ids): CLIP's BPE, or a
+    Hugging Face tokenizer through HFTokenAdapter. `pad_to_longest` pads a batch only to its
+    longest row: a bidirectional tower with a padding mask gives the same result either way,
+    and a 512-position tower would otherwise spend most of its compute on padding.
     """
 
     def __init__(
@@ -127,12 +159,16 @@ class LongTextTokenizer:
         overflow: Literal["truncate", "chunk"] = "truncate",
         max_chunks: int = 8,
         tokenizer: Any | None = None,
+        pad_id: int = 0,
+        pad_to_longest: bool = False,
     ) -> None:
         if context_length < 3:
             raise ValueError("context_length must hold start, end and at least one token")
         self.context_length = context_length
         self.overflow = overflow
         self.max_chunks = max_chunks
+        self.pad_id = pad_id
+        self.pad_to_longest = pad_to_longest
         self._tok = tokenizer if tokenizer is not None else _simple_tokenizer()
 
     def _rows_for(self, bpe: list[int]) -> tuple[list[list[int]], int]:
@@ -174,7 +210,8 @@ class LongTextTokenizer:
             )
         if chunked:
             log.info("encoding %d of %d texts in chunks", chunked, len(texts))
-        ids = torch.zeros(len(rows), self.context_length, dtype=torch.long)
+        width = max(len(r) for r in rows) if self.pad_to_longest and rows else self.context_length
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         for r, row in enumerate(rows):
             ids[r, : len(row)] = torch.tensor(row, dtype=torch.long)
         return TokenizedText(ids, torch.tensor(owner, dtype=torch.long), len(texts))

@@ -13,12 +13,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from open_clip.hf_model import HFTextEncoder
 from open_clip.transformer import VisionTransformer, text_global_pool
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import CMPLConfig
 from .extractor import FineGrainedExtractor, text_padding_mask
+from .hf_text import hf_text_tower
 from .long_text import LongTextTokenizer, TokenizedText, text_tower_owner
 from .losses import pairwise_similarity
 from .saliency import SaliencyFilter, cls_patch_attention
@@ -57,7 +59,9 @@ class CMPL(nn.Module):
     """Global CLIP embeddings plus per-level query-token features for both modalities.
 
     Level keys are the vision tower's 1-based block indices; the text level of the same slot
-    may differ when the towers have different depths (`level_pairs`).
+    may differ when the towers have different depths (`level_pairs`). The text tower is either
+    open_clip's own transformer (walked block by block) or a Hugging Face encoder (a
+    CustomTextCLIP's HFTextEncoder, read through its hidden states).
     """
 
     def __init__(self, clip: nn.Module, config: CMPLConfig, tokenizer: LongTextTokenizer) -> None:
@@ -67,14 +71,24 @@ class CMPL(nn.Module):
             raise NotImplementedError("CMPL needs open_clip's VisionTransformer image tower")
         if not visual.transformer.batch_first:
             raise NotImplementedError("CMPL expects batch-first transformers")
-        text = text_tower_owner(clip)
-        if getattr(text, "use_pad_mask", False):
-            raise NotImplementedError("bidirectional text towers with pad masks are not supported")
+        hf = hf_text_tower(clip)
+        if hf is not None:
+            hf_cfg: Any = hf.config
+            text_width = int(hf_cfg.hidden_size)
+            text_depth = int(hf_cfg.num_hidden_layers)
+        else:
+            text = text_tower_owner(clip)
+            if getattr(text, "use_pad_mask", False):
+                raise NotImplementedError(
+                    "bidirectional open_clip text towers with pad masks are not supported"
+                )
+            text_width = int(text.transformer.width)
+            text_depth = len(text.transformer.resblocks)
         self.clip = clip
         self.config = config
         self.tokenizer = tokenizer
         v_levels = config.resolve_levels(len(visual.transformer.resblocks))
-        t_levels = config.resolve_levels(len(text.transformer.resblocks))
+        t_levels = config.resolve_text_levels(text_depth)
         if len(v_levels) != len(t_levels):
             raise ValueError(f"tower levels do not pair up: {v_levels} vs {t_levels}")
         self.level_pairs: list[tuple[int, int]] = list(zip(v_levels, t_levels, strict=True))
@@ -84,7 +98,7 @@ class CMPL(nn.Module):
             self.extractor = FineGrainedExtractor(
                 v_levels,
                 vision_width=visual.transformer.width,
-                text_width=text.transformer.width,
+                text_width=text_width,
                 n_queries=config.n_queries,
                 dim=config.fine_dim,
                 heads=config.fine_heads,
@@ -131,6 +145,38 @@ class CMPL(nn.Module):
         tok = text if isinstance(text, TokenizedText) else None
         ids = tok.ids if tok is not None else text
         assert isinstance(ids, Tensor)
+        hf = hf_text_tower(self.clip)
+        if hf is not None:
+            pooled, fine = self._encode_text_hf(hf, ids)
+        else:
+            pooled, fine = self._encode_text_clip(ids)
+        pooled = F.normalize(pooled, dim=-1)
+        if tok is not None and tok.ids.shape[0] != tok.n_texts:
+            pooled = _mean_by_owner(pooled, tok.owner, tok.n_texts)
+            fine = {lv: _mean_by_owner(f, tok.owner, tok.n_texts) for lv, f in fine.items()}
+        return TextFeatures(pooled, fine)
+
+    def _encode_text_hf(self, hf: HFTextEncoder, ids: Tensor) -> tuple[Tensor, dict[int, Tensor]]:
+        """Level tokens are the encoder's hidden states after the paired layers; the global
+        embedding is exactly open_clip's HFTextEncoder output (pooler + projection)."""
+        cfg: Any = hf.config
+        limit = int(hf.context_length)
+        if ids.shape[1] > limit:
+            raise ValueError(f"{ids.shape[1]} tokens exceed the {limit} positions")
+        attn = (ids != cfg.pad_token_id).long()
+        want_states = self.extractor is not None
+        out = hf.transformer(input_ids=ids, attention_mask=attn, output_hidden_states=want_states)
+        fine: dict[int, Tensor] = {}
+        if self.extractor is not None:
+            key_pad = attn == 0
+            # hidden_states[0] is the embedding output, [i] the output of layer i.
+            for v_level, t_level in self.level_pairs:
+                states = out.hidden_states[t_level]
+                fine[v_level] = self.extractor(v_level, states, "text", key_padding_mask=key_pad)
+        pooled = hf.proj(hf.pooler(out, attn))
+        return pooled, fine
+
+    def _encode_text_clip(self, ids: Tensor) -> tuple[Tensor, dict[int, Tensor]]:
         owner: Any = text_tower_owner(self.clip)
         length = ids.shape[1]
         if length > owner.positional_embedding.shape[0]:
@@ -157,11 +203,8 @@ class CMPL(nn.Module):
         proj = owner.text_projection
         if proj is not None:
             pooled = proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj
-        pooled = F.normalize(pooled, dim=-1)
-        if tok is not None and tok.ids.shape[0] != tok.n_texts:
-            pooled = _mean_by_owner(pooled, tok.owner, tok.n_texts)
-            fine = {lv: _mean_by_owner(f, tok.owner, tok.n_texts) for lv, f in fine.items()}
-        return TextFeatures(pooled, fine)
+        assert isinstance(pooled, Tensor)
+        return pooled, fine
 
     def forward(
         self, images: Tensor, text: Tensor | TokenizedText
