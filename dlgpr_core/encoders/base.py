@@ -38,6 +38,40 @@ class Encoder(Protocol):
         ...
 
 
+@runtime_checkable
+class FineEncoder(Encoder, Protocol):
+    """An encoder whose global embedding is only the first, cheap pass (CMPL).
+
+    The map stores each image's fine features (`encode_images_with_fine`), so a text query
+    re-ranks its FAISS top-N with `fine_scores` without decoding or encoding any image; the
+    final score of an image is its global cosine plus `fine_scores`.
+    """
+
+    @property
+    def fine_shape(self) -> tuple[int, int, int]:
+        """(levels, query tokens, width) of one image's fine features."""
+        ...
+
+    def encode_images_fine(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """float16 array (len(images), *fine_shape)."""
+        ...
+
+    def encode_images_with_fine(
+        self, images: Sequence[Image.Image]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Both outputs of one forward pass: `encode_images` and `encode_images_fine`."""
+        ...
+
+    def encode_texts_with_fine(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Global float32 (n, dim) and fine float32 (n, *fine_shape) text features."""
+        ...
+
+    def fine_scores(self, text: str | np.ndarray, fine: np.ndarray) -> np.ndarray:
+        """float32 (len(fine),): the fine part of the retrieval score of one query (a text,
+        or its fine features from `encode_texts_with_fine`) against stored image features."""
+        ...
+
+
 def l2_normalise(x: np.ndarray) -> np.ndarray:
     """Row-normalise, leaving all-zero rows at zero instead of producing NaNs."""
     x = np.asarray(x, dtype=np.float32)

@@ -3,6 +3,8 @@
 Forms accepted by `create_encoder`:
 - ``"dlgpr-lite"``: the embedded default (package towers + the shipped trained heads);
 - ``"open_clip:<model>:<pretrained tag or checkpoint path>"``: any open_clip model;
+- ``"cmpl:<checkpoint directory>"``: a trained CMPL retriever (`save_cmpl` layout); a
+  FineEncoder when the checkpoint has a fine branch;
 - a path to a JSON model config (see dlgpr_core/assets/dlgpr_lite.json for the format).
 """
 
@@ -18,6 +20,7 @@ DEFAULT_NAME = "dlgpr-lite"
 DEFAULT_CONFIG = ASSETS / "dlgpr_lite.json"
 DEFAULT_CHECKPOINT = ASSETS / "dlgpr_lite_heads.safetensors"
 OPEN_CLIP_PREFIX = "open_clip:"
+CMPL_PREFIX = "cmpl:"
 
 
 def create_encoder(
@@ -40,12 +43,22 @@ def create_encoder(
         return OpenClipEncoder.from_open_clip(
             model, pretrained, checkpoint=checkpoint, device=device
         )
+    if spec.startswith(CMPL_PREFIX):
+        if checkpoint is not None:
+            raise ValueError(
+                "a cmpl: encoder takes its weights from its directory, not --checkpoint"
+            )
+        # Imported here: the retriever pulls in more of torch/open_clip than other encoders.
+        from dlgpr_core.retriever.encoder import cmpl_encoder
+
+        return cmpl_encoder(spec[len(CMPL_PREFIX) :], device=device)
     path = Path(spec)
     if path.suffix == ".json" and path.is_file():
         return OpenClipEncoder.from_config(path, checkpoint=checkpoint, device=device)
     raise ValueError(
         f"unknown encoder {spec!r}: use {DEFAULT_NAME!r}, "
-        f"'{OPEN_CLIP_PREFIX}<model>:<pretrained tag or path>' or a JSON model config path"
+        f"'{OPEN_CLIP_PREFIX}<model>:<pretrained tag or path>', '{CMPL_PREFIX}<checkpoint dir>' "
+        "or a JSON model config path"
     )
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from dlgpr_core.data.paths import ESCAPES_ROOT, resolve_inside
 from dlgpr_core.data.records import DatasetScan, ImageRecord, SkippedItem
-from dlgpr_core.encoders.base import Encoder, l2_normalise
+from dlgpr_core.encoders.base import Encoder, FineEncoder, l2_normalise
 from dlgpr_core.mapdb.errors import MapError
 from dlgpr_core.mapdb.loading import LoadedImage, load_image
 from dlgpr_core.mapdb.report import BuildReport
@@ -182,13 +182,27 @@ class Builder:
         if not keep:
             return
         images = [ld.image for _, ld in keep if ld.image is not None]
-        vectors = np.asarray(self.encoder.encode_images(images), dtype=np.float32)
+        fine: np.ndarray | None = None
+        shape = self.db.fine_shape
+        if shape is not None and isinstance(self.encoder, FineEncoder):
+            raw, fine = self.encoder.encode_images_with_fine(images)
+            vectors = np.asarray(raw, dtype=np.float32)
+            if fine.shape != (len(images), *shape):
+                raise MapError(
+                    f"encoder {self.encoder.fingerprint} returned fine features of shape "
+                    f"{fine.shape}; expected ({len(images)}, {shape})"
+                )
+            fine = np.asarray(fine, dtype=np.float16)
+        else:
+            vectors = np.asarray(self.encoder.encode_images(images), dtype=np.float32)
         if vectors.shape != (len(images), self.db.dim):
             raise MapError(
                 f"encoder {self.encoder.fingerprint} returned shape {vectors.shape} for "
                 f"{len(images)} images; expected ({len(images)}, {self.db.dim})"
             )
         finite = [bool(np.isfinite(v).all()) for v in vectors]
+        if fine is not None:  # float16 overflows to inf: such features cannot re-rank
+            finite = [ok and bool(np.isfinite(f).all()) for ok, f in zip(finite, fine, strict=True)]
         rows: list[dict[str, Any]] = []
         for (item, ld), ok in zip(keep, finite, strict=True):
             if not ok:
@@ -197,7 +211,10 @@ class Builder:
             rows.append(_row(item, ld, self.root_key, self.source_kind))
         if not rows:
             return
-        self.db._store_batch(rows, l2_normalise(vectors[np.asarray(finite, dtype=bool)]))
+        mask = np.asarray(finite, dtype=bool)
+        self.db._store_batch(
+            rows, l2_normalise(vectors[mask]), None if fine is None else fine[mask]
+        )
         self.report.reencoded += sum(1 for row in rows if row["id"] is not None)
         self.report.added += sum(1 for row in rows if row["id"] is None)
 

@@ -10,6 +10,11 @@ Image paths are stored relative to the root of the data set they came from (one
 ``sources`` row per root), because maps are built on one machine and used on others:
 search results carry the relative path plus that root, and `MapDatabase.relocate`
 re-points a data set that moved.
+
+A map built with a `FineEncoder` (CMPL) also keeps each image's fine features in SQLite
+(``fine_features``, written with the image row), and text search re-ranks the FAISS top-N
+with them. Rows whose fine features are missing are treated like rows missing their vector:
+dropped from the in-memory index and re-encoded by the next build.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from dlgpr_core.data.records import DatasetScan, SkippedItem
-from dlgpr_core.encoders.base import Encoder, l2_normalise
+from dlgpr_core.encoders.base import Encoder, FineEncoder, l2_normalise
 from dlgpr_core.mapdb.errors import MapError
 from dlgpr_core.mapdb.index import (
     APPROX_KINDS,
@@ -43,7 +48,7 @@ from dlgpr_core.mapdb.index import (
     to_search_device,
 )
 from dlgpr_core.mapdb.report import BuildReport, ImageHit, MapInfo, MapSource, PlaceHit
-from dlgpr_core.mapdb.store import SCHEMA_VERSION, MapStore, utc_now
+from dlgpr_core.mapdb.store import SCHEMA_VERSION, ImageRow, MapStore, utc_now
 
 MAP_FILE = "map.sqlite"
 LOCK_FILE = "map.lock"
@@ -82,6 +87,7 @@ class MapDatabase:
             self.encoder_fingerprint = meta["encoder_fingerprint"]
             self.dim = int(meta["dim"])
             self.created = meta.get("created", "")
+            self.fine_shape = _parse_shape(meta.get("fine_shape"))
             int(meta["schema_version"])
         except (KeyError, ValueError) as exc:
             raise MapError(
@@ -190,6 +196,13 @@ class MapDatabase:
         db_ids = set(self._store.image_ids())
         orphans = np.fromiter(index_ids - db_ids, dtype=np.int64)
         self._index_dirty = self._exact.remove(orphans) > 0
+        if self.fine_shape is not None:
+            # A vector without its fine features cannot be re-ranked: re-encode the image.
+            lacking = set(self._store.ids_without_fine()) & index_ids
+            if lacking:
+                self._exact.remove(np.fromiter(lacking, dtype=np.int64))
+                self._index_dirty = True
+                index_ids -= lacking
         self._pending = db_ids - index_ids
         self._approx.clear()
 
@@ -270,6 +283,7 @@ class MapDatabase:
             raise MapError("batch_size must be positive")
         start = time.perf_counter()
         with self._build_lock():
+            self._use_fine(encoder)
             self._reload()
             report = BuildReport(skipped=list(scan.skipped))
             builder = Builder(self, encoder, report, batch_size, progress, workers, source_kind)
@@ -284,7 +298,26 @@ class MapDatabase:
         report.images_per_second = done / report.seconds if report.seconds > 0 else 0.0
         return report
 
-    def _store_batch(self, rows: Sequence[dict[str, Any]], vectors: np.ndarray) -> None:
+    def _use_fine(self, encoder: Encoder) -> None:
+        """Record the fine-feature shape on the first build with a FineEncoder; refuse a
+        build that would leave a fine map's new rows without features."""
+        shape = tuple(encoder.fine_shape) if isinstance(encoder, FineEncoder) else None
+        if shape == self.fine_shape:
+            return
+        if self.fine_shape is not None:
+            raise MapError(
+                f"map {self.directory} stores fine features of shape {self.fine_shape}, the "
+                f"encoder gives {shape}; build it with the encoder it was created with"
+            )
+        assert shape is not None
+        self._store.begin()
+        self._store.set_meta("fine_shape", ",".join(str(int(v)) for v in shape))
+        self._store.commit()
+        self.fine_shape = (int(shape[0]), int(shape[1]), int(shape[2]))
+
+    def _store_batch(
+        self, rows: Sequence[dict[str, Any]], vectors: np.ndarray, fine: np.ndarray | None = None
+    ) -> None:
         """Insert rows (or reuse ``id`` for re-encoded ones) and add their vectors.
 
         A savepoint makes the batch all-or-nothing in SQLite; the FAISS add comes last,
@@ -305,6 +338,9 @@ class MapDatabase:
                 fields = {k: v for k, v in row.items() if k not in _NOT_IMAGE_COLUMNS}
                 ids.append(self._store.insert_image(source_id=sources[root], **fields))
                 self._touched_places.add(str(row["place_id"]))
+            if fine is not None:
+                f16 = np.ascontiguousarray(fine, dtype=np.float16)
+                self._store.put_fine((i, f16[n].tobytes()) for n, i in enumerate(ids))
             self._exact.add(vectors, np.asarray(ids, dtype=np.int64))
         except BaseException:
             self._store.rollback_to("batch")
@@ -567,13 +603,25 @@ class MapDatabase:
         k: int = 5,
         *,
         approximate: ApproxKind | None = None,
+        rerank_top: int = 50,
     ) -> list[PlaceHit]:
         """Top-``k`` places, each scored by its best image.
 
         Searches ever more images (x4 each round) until ``k`` distinct places appear or
         the whole map has been ranked, because one place can own many top images.
+
+        A text query to a map with fine features, with its FineEncoder, re-ranks the
+        ``rerank_top`` best images by global cosine + fine score (from the stored features:
+        no image is read or encoded); those stay ahead of the rest, which keep cosine order.
         """
         with self._lock:
+            if (
+                isinstance(query, str)
+                and isinstance(encoder, FineEncoder)
+                and self.fine_shape is not None
+                and rerank_top > 0
+            ):
+                return self._search_fine(query, encoder, k, approximate, rerank_top)
             vec = self._query_vector(query, encoder)
             n = min(self._exact.ntotal, max(4 * k, 32)) if self._exact.ntotal else 1
             while True:
@@ -588,21 +636,76 @@ class MapDatabase:
                     break
                 n = min(self._exact.ntotal, n * 4)
             ranked = sorted(best.items(), key=lambda item: -item[1][0])[:k]
-            coords = self._store.place_coords([p for p, _ in ranked])
-            return [
-                PlaceHit(
-                    rank=rank,
-                    score=score,
-                    place_id=place_id,
-                    lat=coords[place_id][0],
-                    lon=coords[place_id][1],
-                    image_path=rows[image_id].path,
-                    image_id=image_id,
-                    city=rows[image_id].city,
-                    image_root=rows[image_id].root,
-                )
-                for rank, (place_id, (score, image_id)) in enumerate(ranked, start=1)
-            ]
+            return self._place_hits(ranked, rows)
+
+    def _place_hits(
+        self, ranked: Sequence[tuple[str, tuple[float, int]]], rows: dict[int, ImageRow]
+    ) -> list[PlaceHit]:
+        coords = self._store.place_coords([p for p, _ in ranked])
+        return [
+            PlaceHit(
+                rank=rank,
+                score=score,
+                place_id=place_id,
+                lat=coords[place_id][0],
+                lon=coords[place_id][1],
+                image_path=rows[image_id].path,
+                image_id=image_id,
+                city=rows[image_id].city,
+                image_root=rows[image_id].root,
+            )
+            for rank, (place_id, (score, image_id)) in enumerate(ranked, start=1)
+        ]
+
+    def _search_fine(
+        self,
+        text: str,
+        encoder: FineEncoder,
+        k: int,
+        approximate: ApproxKind | None,
+        rerank_top: int,
+    ) -> list[PlaceHit]:
+        """`search` with fine re-ranking; places rank by their first image in the re-ranked
+        list, as `encoders.evaluate.place_recall_from_embeddings` counts them."""
+        self.check_encoder(encoder)
+        assert self.fine_shape is not None
+        glob, tfine = encoder.encode_texts_with_fine([text])
+        vec = l2_normalise(np.asarray(glob, dtype=np.float32).reshape(1, self.dim))
+        n = min(self._exact.ntotal, max(4 * k, 32, rerank_top)) if self._exact.ntotal else 1
+        reranked: list[tuple[float, int]] | None = None
+        while True:
+            found = self._raw_search(vec, n, approximate)
+            if reranked is None:  # the top-N is the same in every round: score it once
+                reranked = self._rerank(found[:rerank_top], tfine[0], encoder)
+            done = {i for _, i in reranked}
+            ordered = reranked + [(s, i) for s, i in found if i not in done]
+            rows = self._store.rows_by_ids([i for _, i in ordered])
+            best: dict[str, tuple[float, int]] = {}
+            for score, image_id in ordered:
+                row = rows.get(image_id)
+                if row is not None and row.place_id not in best:
+                    best[row.place_id] = (score, image_id)
+            if len(best) >= k or n >= self._exact.ntotal:
+                break
+            n = min(self._exact.ntotal, n * 4)
+        return self._place_hits(list(best.items())[:k], rows)
+
+    def _rerank(
+        self, found: list[tuple[float, int]], text_fine: np.ndarray, encoder: FineEncoder
+    ) -> list[tuple[float, int]]:
+        """Global + fine score of the images that have stored fine features, best first;
+        an image without them (a concurrent build's) keeps its place among the rest."""
+        assert self.fine_shape is not None
+        blobs = self._store.fine_by_ids([i for _, i in found])
+        have = [(s, i) for s, i in found if i in blobs]
+        if not have:
+            return []
+        fine = np.stack(
+            [np.frombuffer(blobs[i], dtype=np.float16).reshape(self.fine_shape) for _, i in have]
+        )
+        scores = np.asarray([s for s, _ in have], np.float32) + encoder.fine_scores(text_fine, fine)
+        order = np.argsort(-scores, kind="stable")
+        return [(float(scores[j]), have[j][1]) for j in order]
 
     # -- reporting ----------------------------------------------------------------
     def stats(self) -> dict[str, int]:
@@ -631,6 +734,11 @@ class MapDatabase:
             exact_path = self.directory / EXACT_FILE
             if exact_path.exists():
                 sizes["exact"] = exact_path.stat().st_size / n
+            fine_bytes: float | None = None
+            if self.fine_shape is not None:
+                total, n_fine = self._store.fine_bytes()
+                fine_bytes = total / max(1, n_fine)
+                sizes[f"fine features {'x'.join(map(str, self.fine_shape))} float16"] = fine_bytes
             generation = self._generation()
             for kind in APPROX_KINDS:
                 path = self.directory / approx_file(kind)
@@ -654,7 +762,19 @@ class MapDatabase:
                 index_types=kinds,
                 bytes_per_embedding=sizes,
                 sources=self.sources(),
+                fine_bytes_per_image=fine_bytes,
             )
+
+
+def _parse_shape(value: str | None) -> tuple[int, int, int] | None:
+    """Meta ``fine_shape`` ("levels,queries,width") of a map built with a FineEncoder."""
+    if not value:
+        return None
+    try:
+        a, b, c = (int(v) for v in value.split(","))
+    except ValueError as exc:
+        raise MapError(f"unreadable fine_shape {value!r} in map metadata") from exc
+    return a, b, c
 
 
 def _root_spellings(root: Path | str) -> list[str]:

@@ -135,6 +135,8 @@ class MapInfo:
     bytes_per_embedding: dict[str, float] = field(default_factory=dict)
     """Index kind -> file bytes / indexed images (vectors, ids and structure overhead)."""
     sources: list[MapSource] = field(default_factory=list)
+    fine_bytes_per_image: float | None = None
+    """Stored fine (re-ranking) features per image, for maps built with a FineEncoder."""
 
     def render(self) -> str:
         lines = [

@@ -51,6 +51,10 @@ CREATE TABLE IF NOT EXISTS images (
     UNIQUE (source_id, path)
 );
 CREATE INDEX IF NOT EXISTS images_place ON images(place_id);
+CREATE TABLE IF NOT EXISTS fine_features (
+    image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+    data     BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS skipped (
     id     INTEGER PRIMARY KEY,
     source TEXT NOT NULL,
@@ -61,7 +65,10 @@ CREATE TABLE IF NOT EXISTS skipped (
 """
 """``sources.root``: the data set root as an absolute POSIX path (symlinks resolved) where
 it was at build time, or where `MapDatabase.relocate` last pointed it. ``images.path``:
-POSIX, relative to that root, so a map and its data set can move together."""
+POSIX, relative to that root, so a map and its data set can move together.
+``fine_features.data``: one image's float16 fine features (shape in meta ``fine_shape``),
+written in the same transaction as the image row, so SQLite alone keeps them consistent; only
+maps built with a FineEncoder have rows there (added to schema 2 maps as an empty table)."""
 
 
 def utc_now() -> str:
@@ -300,6 +307,36 @@ class MapStore:
                     str(r[8]),
                 )
         return out
+
+    # -- fine features ------------------------------------------------------------
+    def put_fine(self, items: Iterable[tuple[int, bytes]]) -> None:
+        """Insert or replace (a re-encoded image overwrites its old features)."""
+        self._conn.executemany(
+            "INSERT OR REPLACE INTO fine_features(image_id, data) VALUES (?, ?)", list(items)
+        )
+
+    def fine_by_ids(self, ids: Sequence[int]) -> dict[int, bytes]:
+        out: dict[int, bytes] = {}
+        for start in range(0, len(ids), 500):
+            chunk = [int(i) for i in ids[start : start + 500]]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT image_id, data FROM fine_features WHERE image_id IN ({marks})"
+            for r in self._conn.execute(query, chunk):
+                out[int(r[0])] = bytes(r[1])
+        return out
+
+    def ids_without_fine(self) -> list[int]:
+        rows = self._conn.execute(
+            "SELECT id FROM images WHERE id NOT IN (SELECT image_id FROM fine_features)"
+        )
+        return [int(r[0]) for r in rows]
+
+    def fine_bytes(self) -> tuple[int, int]:
+        """(total bytes of stored fine features, images that have them)."""
+        row = self._conn.execute(
+            "SELECT coalesce(sum(length(data)), 0), count(*) FROM fine_features"
+        ).fetchone()
+        return int(row[0]), int(row[1])
 
     def place_coords(self, place_ids: Sequence[str]) -> dict[str, tuple[float, float]]:
         out: dict[str, tuple[float, float]] = {}

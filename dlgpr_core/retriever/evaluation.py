@@ -12,8 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from dlgpr_core.encoders.evaluate import place_recall_from_embeddings
 
 from .data import PlaceTextDataset
 from .model import CMPL, ImageFeatures, TextFeatures
@@ -73,34 +76,29 @@ def recall_from_features(
     """R@k of text queries over places, from precomputed features (see the module doc).
 
     `rerank_top=None` re-ranks every image (exact, quadratic); 0 ranks by the global cosine.
+    The ranking itself is `encoders.evaluate.place_recall_from_embeddings`, with CMPL.score
+    as its re-ranking function, so validation and the static evaluation count alike.
     """
-    n_img = img.global_.shape[0]
-    n_places = int(img_place.max()) + 1
-    if int(txt_place.max()) >= n_places or (txt_place < 0).any():
-        raise ValueError("a query names a place that has no image")
-    n_top = n_img if rerank_top is None else min(rerank_top, n_img)
-    use_fine = n_top > 0 and bool(img.fine) and bool(txt.fine) and model.config.score_fine_weight
-    hits = torch.zeros(len(ks))
-    positions = torch.arange(n_img)
-    for q in range(txt.global_.shape[0]):
-        s_global = txt.global_[q] @ img.global_.t()  # [N]
-        order = s_global.argsort(descending=True, stable=True)
-        if use_fine:
-            top = order[:n_top]
-            cand = ImageFeatures(img.global_[top], {lv: f[top] for lv, f in img.fine.items()})
-            query = TextFeatures(
-                txt.global_[q : q + 1], {lv: f[q : q + 1] for lv, f in txt.fine.items()}
-            )
-            s_full = model.score(cand, query)[:, 0]
-            order = torch.cat([top[s_full.argsort(descending=True, stable=True)], order[n_top:]])
-        pos = torch.empty(n_img, dtype=torch.long)
-        pos[order] = positions
-        first = torch.full((n_places,), n_img, dtype=torch.long)
-        first = first.scatter_reduce(0, img_place, pos, reduce="amin")
-        rank = int((first < first[txt_place[q]]).sum())
-        hits += torch.tensor([float(rank < k) for k in ks])
-    n_q = max(1, txt.global_.shape[0])
-    return {f"R@{k}": float(h) / n_q for k, h in zip(ks, hits.tolist(), strict=True)}
+    use_fine = bool(img.fine) and bool(txt.fine) and bool(model.config.score_fine_weight)
+
+    def rerank(q: int, top: np.ndarray) -> np.ndarray:
+        idx = torch.from_numpy(top)
+        cand = ImageFeatures(img.global_[idx], {lv: f[idx] for lv, f in img.fine.items()})
+        query = TextFeatures(
+            txt.global_[q : q + 1], {lv: f[q : q + 1] for lv, f in txt.fine.items()}
+        )
+        with torch.no_grad():
+            return model.score(cand, query)[:, 0].float().numpy()
+
+    return place_recall_from_embeddings(
+        img.global_.float().numpy(),
+        [str(int(p)) for p in img_place.tolist()],
+        txt.global_.float().numpy(),
+        [str(int(p)) for p in txt_place.tolist()],
+        ks,
+        rerank=rerank if use_fine else None,
+        rerank_top=rerank_top,
+    )
 
 
 def place_recall(
