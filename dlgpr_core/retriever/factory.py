@@ -20,6 +20,8 @@ from open_clip.model import CLIP, CustomTextCLIP
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from dlgpr_core.encoders.towers import quiet_transformers
+
 from .config import CMPLConfig
 from .hf_text import (
     hf_text_tower,
@@ -51,7 +53,8 @@ def _clip_from_dict(model_cfg: dict[str, Any], text_weights: bool = True) -> nn.
         return CustomTextCLIP(**cfg)
     text_cfg = resolve_hf_text_cfg(cfg["text_cfg"], load_weights=text_weights)
     cfg["text_cfg"] = text_cfg
-    model = CustomTextCLIP(**cfg)
+    with quiet_transformers():
+        model = CustomTextCLIP(**cfg)
     if text_cfg["hf_model_pretrained"]:
         tower = hf_text_tower(model)
         assert tower is not None
