@@ -264,6 +264,82 @@ def demo(
     )
 
 
+def _split(values: list[str]) -> list[str]:
+    """Accept both ``--x a,b`` and ``--x a --x b``."""
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+@retriever_app.command("eval")
+def retriever_eval(
+    data: Annotated[Path, typer.Option(help="GSV-Cities/SynthCities root with Annotations/.")],
+    cities: Annotated[list[str], typer.Option(help="Cities to evaluate (comma-separated).")],
+    encoder: Annotated[
+        list[str],
+        typer.Option(
+            help="Encoder spec, repeatable: 'cmpl:<checkpoint dir>', 'dlgpr-lite', "
+            "'open_clip:<model>:<tag or path>' (the plain CLIP baseline)."
+        ),
+    ],
+    variants: Annotated[
+        str, typer.Option(help="Query variants: generator, rephrased, rephrased+asr, caption.")
+    ] = "generator,rephrased,rephrased+asr,caption",
+    out: Annotated[Path, typer.Option(help="Writes <out>.md and <out>.json.")] = Path(
+        "results/static_eval"
+    ),
+    rerank_top: Annotated[int, typer.Option(min=0, help="Images re-ranked by fine score.")] = 50,
+    seed: Annotated[int, typer.Option(help="Seed of the rephrased query variants.")] = 0,
+    max_places: Annotated[int | None, typer.Option(min=1, help="Places per city.")] = None,
+) -> None:
+    """Static R@1/5/10 per encoder, city and query variant (Table 2 protocol)."""
+    from dlgpr_core.retriever.static_eval import static_eval
+
+    encoders = {spec: _encoder(spec, None) for spec in _split(encoder)}
+    table = static_eval(
+        encoders,
+        data,
+        _split(cities),
+        _split([variants]),
+        seed=seed,
+        rerank_top=rerank_top,
+        max_places=max_places,
+    )
+    md, js = table.write(out)
+    console.print(table.to_markdown())
+    console.print(f"wrote {md} and {js}")
+
+
+@retriever_app.command("ablation")
+def retriever_ablation(
+    config_dir: Annotated[Path, typer.Option(help="One YAML per Table 3 row.")] = Path(
+        "training/configs/ablation"
+    ),
+    train: Annotated[bool, typer.Option(help="Train every row before evaluating it.")] = False,
+    out: Annotated[Path, typer.Option(help="Writes <out>.md and <out>.json.")] = Path(
+        "results/ablation"
+    ),
+    cities: Annotated[
+        list[str] | None, typer.Option(help="Evaluation cities (default: each config's).")
+    ] = None,
+    override: Annotated[
+        list[str] | None, typer.Option(help="Dotted key=value for every row's config.")
+    ] = None,
+    rerank_top: Annotated[int, typer.Option(min=0)] = 50,
+) -> None:
+    """Table 3: (train and) evaluate baseline, vpr_tokensel, hsdm, hi and full."""
+    from dlgpr_core.retriever.static_eval import run_ablation
+
+    table = run_ablation(
+        config_dir,
+        train=train,
+        overrides=override or [],
+        cities=_split(cities) if cities else None,
+        rerank_top=rerank_top,
+    )
+    md, js = table.write(out, first_column="row")
+    console.print(table.to_markdown(first_column="row"))
+    console.print(f"wrote {md} and {js}")
+
+
 def main() -> None:
     """Console entry point; user-fixable errors print a message and exit with code 2."""
     from dlgpr_core.mapdb.errors import MapError
