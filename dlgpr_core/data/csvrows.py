@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+
+from dlgpr_core.data.records import DatasetScan, ImageRecord, SkippedItem
 
 
 class RowError(ValueError):
@@ -84,3 +86,28 @@ def as_float(row: Mapping[str, str | None], name: str, lo: float, hi: float) -> 
     if not math.isfinite(value) or not lo <= value <= hi:
         raise RowError(f"column '{name}' = {text} is outside [{lo:g}, {hi:g}]")
     return value
+
+
+RowReader = Callable[[dict[str, str | None]], "ImageRecord | SkippedItem"]
+
+
+def scan_rows(csv_path: Path, label: str, scan: DatasetScan, read_row: RowReader) -> None:
+    """Turn every row of one CSV into a record or a skip, so one bad row costs one row.
+
+    `label` names the file in skip reports (``"<label>:<line>"``); `read_row` raises
+    `RowError` for a bad field or returns a `SkippedItem` for a bad referenced file.
+    """
+    for line, row in iter_csv_rows(csv_path):
+        source = f"{label}:{line}"
+        if isinstance(row, csv.Error):
+            scan.skipped.append(SkippedItem(source, f"malformed CSV, rest of file skipped: {row}"))
+            return
+        try:
+            record = read_row(row)
+        except RowError as exc:
+            scan.skipped.append(SkippedItem(source, str(exc)))
+            continue
+        if isinstance(record, SkippedItem):
+            scan.skipped.append(SkippedItem(f"{source} ({record.source})", record.reason))
+        else:
+            scan.records.append(record)

@@ -7,12 +7,11 @@ the CSV author already chose them to be unique within the file.
 
 from __future__ import annotations
 
-import csv
 import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from dlgpr_core.data.csvrows import RowError, as_float, field, header_of, iter_csv_rows, require
+from dlgpr_core.data.csvrows import RowError, as_float, field, header_of, require, scan_rows
 from dlgpr_core.data.paths import ESCAPES_ROOT, resolve_inside
 from dlgpr_core.data.records import DatasetScan, ImageRecord, SkippedItem, namespaced_place_id
 
@@ -39,20 +38,7 @@ def scan_csv(csv_path: Path, root: Path | None = None) -> DatasetScan:
         )
     label = _label(csv_path, root)
     scan = DatasetScan(root=root)
-    for line, row in iter_csv_rows(csv_path):
-        source = f"{label}:{line}"
-        if isinstance(row, csv.Error):
-            scan.skipped.append(SkippedItem(source, f"malformed CSV, rest of file skipped: {row}"))
-            break
-        try:
-            record = _record(root, row)
-        except RowError as exc:
-            scan.skipped.append(SkippedItem(source, str(exc)))
-            continue
-        if isinstance(record, SkippedItem):
-            scan.skipped.append(SkippedItem(f"{source} ({record.source})", record.reason))
-        else:
-            scan.records.append(record)
+    scan_rows(csv_path, label, scan, lambda row: _record(root, row))
     return scan
 
 

@@ -7,20 +7,18 @@ re-formatting a float (``42.3500`` vs ``42.35``) would name a file that does not
 
 from __future__ import annotations
 
-import csv
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from dlgpr_core.data.csvrows import (
-    RowError,
     as_float,
     as_int,
     field,
     header_of,
-    iter_csv_rows,
     require,
+    scan_rows,
 )
 from dlgpr_core.data.paths import ESCAPES_ROOT, resolve_inside
 from dlgpr_core.data.records import DatasetScan, ImageRecord, SkippedItem, namespaced_place_id
@@ -124,20 +122,7 @@ def _scan_city(root: Path, city: str, scan: DatasetScan) -> None:
         scan.skipped.append(SkippedItem(f"Images/{city}", "image folder not found"))
         return
     dir_rel = image_dir.relative_to(root).as_posix()
-    for line, row in iter_csv_rows(csv_path):
-        source = f"{csv_rel}:{line}"
-        if isinstance(row, csv.Error):
-            scan.skipped.append(SkippedItem(source, f"malformed CSV, rest of file skipped: {row}"))
-            return
-        try:
-            record = _record(root, city, dir_rel, row)
-        except RowError as exc:
-            scan.skipped.append(SkippedItem(source, str(exc)))
-            continue
-        if isinstance(record, SkippedItem):
-            scan.skipped.append(SkippedItem(f"{source} ({record.source})", record.reason))
-        else:
-            scan.records.append(record)
+    scan_rows(csv_path, csv_rel, scan, lambda row: _record(root, city, dir_rel, row))
 
 
 def _record(

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import fcntl
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -623,20 +623,32 @@ class MapDatabase:
             ):
                 return self._search_fine(query, encoder, k, approximate, rerank_top)
             vec = self._query_vector(query, encoder)
-            n = min(self._exact.ntotal, max(4 * k, 32)) if self._exact.ntotal else 1
-            while True:
-                found = self._raw_search(vec, n, approximate)
-                rows = self._store.rows_by_ids([i for _, i in found])
-                best: dict[str, tuple[float, int]] = {}
-                for score, image_id in found:
-                    row = rows.get(image_id)
-                    if row is not None and row.place_id not in best:
-                        best[row.place_id] = (score, image_id)
-                if len(best) >= k or n >= self._exact.ntotal:
-                    break
-                n = min(self._exact.ntotal, n * 4)
-            ranked = sorted(best.items(), key=lambda item: -item[1][0])[:k]
-            return self._place_hits(ranked, rows)
+            return self._top_places(vec, k, approximate, max(4 * k, 32))
+
+    def _top_places(
+        self,
+        vec: np.ndarray,
+        k: int,
+        approximate: ApproxKind | None,
+        first_n: int,
+        reorder: Callable[[list[tuple[float, int]]], list[tuple[float, int]]] | None = None,
+    ) -> list[PlaceHit]:
+        """Places ranked by their first image in the (optionally re-ordered) image ranking,
+        searching x4 more images each round until ``k`` distinct places appear or the whole
+        map is ranked, because one place can own many top images."""
+        n = min(self._exact.ntotal, first_n) if self._exact.ntotal else 1
+        while True:
+            found = self._raw_search(vec, n, approximate)
+            ordered = reorder(found) if reorder else found
+            rows = self._store.rows_by_ids([i for _, i in ordered])
+            best: dict[str, tuple[float, int]] = {}
+            for score, image_id in ordered:
+                row = rows.get(image_id)
+                if row is not None and row.place_id not in best:
+                    best[row.place_id] = (score, image_id)
+            if len(best) >= k or n >= self._exact.ntotal:
+                return self._place_hits(list(best.items())[:k], rows)
+            n = min(self._exact.ntotal, n * 4)
 
     def _place_hits(
         self, ranked: Sequence[tuple[str, tuple[float, int]]], rows: dict[int, ImageRow]
@@ -671,24 +683,15 @@ class MapDatabase:
         assert self.fine_shape is not None
         glob, tfine = encoder.encode_texts_with_fine([text])
         vec = l2_normalise(np.asarray(glob, dtype=np.float32).reshape(1, self.dim))
-        n = min(self._exact.ntotal, max(4 * k, 32, rerank_top)) if self._exact.ntotal else 1
-        reranked: list[tuple[float, int]] | None = None
-        while True:
-            found = self._raw_search(vec, n, approximate)
-            if reranked is None:  # the top-N is the same in every round: score it once
-                reranked = self._rerank(found[:rerank_top], tfine[0], encoder)
+        reranked: list[tuple[float, int]] = []
+
+        def reorder(found: list[tuple[float, int]]) -> list[tuple[float, int]]:
+            if not reranked:  # the top-N is the same in every round: score it once
+                reranked.extend(self._rerank(found[:rerank_top], tfine[0], encoder))
             done = {i for _, i in reranked}
-            ordered = reranked + [(s, i) for s, i in found if i not in done]
-            rows = self._store.rows_by_ids([i for _, i in ordered])
-            best: dict[str, tuple[float, int]] = {}
-            for score, image_id in ordered:
-                row = rows.get(image_id)
-                if row is not None and row.place_id not in best:
-                    best[row.place_id] = (score, image_id)
-            if len(best) >= k or n >= self._exact.ntotal:
-                break
-            n = min(self._exact.ntotal, n * 4)
-        return self._place_hits(list(best.items())[:k], rows)
+            return reranked + [(s, i) for s, i in found if i not in done]
+
+        return self._top_places(vec, k, approximate, max(4 * k, 32, rerank_top), reorder)
 
     def _rerank(
         self, found: list[tuple[float, int]], text_fine: np.ndarray, encoder: FineEncoder
