@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +52,8 @@ CAPTIONS = [
 PLACES = torch.tensor([0, 0, 1, 1])
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def tiny_config(**overrides: Any) -> CMPLConfig:
     base: dict[str, Any] = {"backbone": BACKBONE, "n_queries": 4, "fine_dim": 32, "fine_heads": 4}
@@ -61,15 +62,6 @@ def tiny_config(**overrides: Any) -> CMPLConfig:
 
 def images(n: int = 4, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    """The box is shared with training jobs; one intra-op thread avoids thrashing."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ optimised, not retrieval quality.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,8 @@ CAPTIONS = [
 ]
 PLACES = torch.tensor([0, 0, 1, 1])
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def tiny_config(**overrides: Any) -> CMPLConfig:
     base: dict[str, Any] = {
@@ -60,16 +61,6 @@ def tiny_config(**overrides: Any) -> CMPLConfig:
 def tiny_model(**overrides: Any) -> CMPL:
     torch.manual_seed(0)
     return create_cmpl(tiny_config(**overrides), allow_random=True)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread() -> Iterator[None]:
-    """Tiny matrices gain nothing from intra-op threads, and on a busy 2-core box two threads
-    thrash (measured: 1 s instead of 10 ms per forward), so this module runs single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
