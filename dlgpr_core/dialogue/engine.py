@@ -1,0 +1,207 @@
+"""The dialogue loop: retrieve, ask, append the answer, retrieve again (paper Sec. 4.1).
+
+Only answers are appended to the query (d_t = concat(d0, a1..at)), as the reference
+formulas state. Every round's state is exposed (candidates, belief, history), so a UI, a
+ROS node or the benchmark can all drive the same engine; `run` is the simulated loop.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+from dlgpr_core.dialogue.questioners import Questioner, softmax_belief
+from dlgpr_core.dialogue.questions import Question
+from dlgpr_core.mapdb.report import PlaceHit
+
+SearchFn = Callable[[str, int], list[PlaceHit]]
+"""search(text, k) -> the top-k places, best first."""
+
+_ids = itertools.count()
+
+
+class User(Protocol):
+    """Anything that answers a question (the simulated `FactUser`, a person, an LLM)."""
+
+    def answer(self, question: Question | str) -> str:
+        """A short answer sentence."""
+        ...
+
+
+@dataclass(frozen=True)
+class DialogueConfig:
+    """Loop settings.
+
+    `search_k` is how many places each retrieval returns: at least `top_k`; set it to the
+    map's size to get whole-map ranks of a target (the benchmark does). `confidence` stops a
+    dialogue early once the top-1 belief reaches it (None: always run `max_rounds`).
+    """
+
+    max_rounds: int = 5
+    top_k: int = 10
+    search_k: int = 10
+    confidence: float | None = 0.9
+    temperature: float = 0.05
+    """Softmax temperature turning cosine scores into the belief (cosines differ by ~0.01-0.1
+    between similar places, so a small temperature is needed to make the belief decisive)."""
+
+    def __post_init__(self) -> None:
+        if self.max_rounds < 0 or self.top_k < 1 or self.temperature <= 0:
+            raise ValueError(f"invalid dialogue config {self}")
+        if self.confidence is not None and not 0.0 < self.confidence <= 1.0:
+            raise ValueError(f"confidence must be in (0, 1] or None, got {self.confidence}")
+
+
+@dataclass(frozen=True)
+class DialogueState:
+    """Everything known after round `round` (0 = the initial description alone)."""
+
+    dialogue_id: str
+    round: int
+    d0: str
+    answers: tuple[str, ...]
+    questions: tuple[Question, ...]
+    ranking: tuple[PlaceHit, ...]
+    """The full retrieval result of this round (`search_k` places)."""
+    top_k: int
+    belief: tuple[float, ...]
+    """Softmax belief over `candidates`, same order."""
+    pending_question: Question | None = None
+    """The question to put to the user next; None when done."""
+    done: bool = False
+    stop_reason: str | None = None
+
+    @property
+    def candidates(self) -> tuple[PlaceHit, ...]:
+        """The top-k places the questioner reasons about."""
+        return self.ranking[: self.top_k]
+
+    @property
+    def query(self) -> str:
+        """Retrieval text of this round: d0 followed by the answers, nothing else."""
+        return " ".join((self.d0, *self.answers))
+
+    @property
+    def confidence(self) -> float:
+        """Belief of the top-1 candidate (0 when nothing was retrieved)."""
+        return self.belief[0] if self.belief else 0.0
+
+    def rank_of(self, place_id: str) -> int:
+        """0-indexed rank of `place_id` in this round's ranking; its length when absent
+        (the pessimistic bound: ranked after everything that was returned)."""
+        for i, hit in enumerate(self.ranking):
+            if hit.place_id == place_id:
+                return i
+        return len(self.ranking)
+
+
+@dataclass
+class DialogueResult:
+    """One finished dialogue: every round's state and, given a target, its ranks."""
+
+    dialogue_id: str
+    states: list[DialogueState]
+    target_place_id: str | None = None
+    ranks: list[int] = field(default_factory=list)
+    """0-indexed rank of the target per round (rounds 0..len(states)-1)."""
+
+    @property
+    def final(self) -> DialogueState:
+        """The last state."""
+        return self.states[-1]
+
+    def padded_ranks(self, n_rounds: int) -> list[int]:
+        """Ranks for rounds 0..n_rounds-1; an early-stopped dialogue keeps its last rank,
+        since its query no longer changes."""
+        if not self.ranks:
+            raise ValueError("this dialogue had no target, so it has no ranks")
+        return (self.ranks + [self.ranks[-1]] * n_rounds)[:n_rounds]
+
+
+class DialogueEngine:
+    """Runs the loop over a `search` callable and a questioner."""
+
+    def __init__(
+        self, search: SearchFn, questioner: Questioner, config: DialogueConfig | None = None
+    ) -> None:
+        self.search = search
+        self.questioner = questioner
+        self.config = config or DialogueConfig()
+
+    def _state(
+        self,
+        dialogue_id: str,
+        round_: int,
+        d0: str,
+        answers: tuple[str, ...],
+        questions: tuple[Question, ...],
+    ) -> DialogueState:
+        cfg = self.config
+        text = " ".join((d0, *answers))
+        ranking = tuple(self.search(text, max(cfg.search_k, cfg.top_k)))
+        scores = [h.score for h in ranking[: cfg.top_k]]
+        state = DialogueState(
+            dialogue_id=dialogue_id,
+            round=round_,
+            d0=d0,
+            answers=answers,
+            questions=questions,
+            ranking=ranking,
+            top_k=cfg.top_k,
+            belief=tuple(softmax_belief(scores, cfg.temperature)),
+        )
+        return self._decide(state)
+
+    def _decide(self, state: DialogueState) -> DialogueState:
+        cfg = self.config
+        reason: str | None = None
+        if cfg.confidence is not None and state.belief and state.confidence >= cfg.confidence:
+            reason = "confident"
+        elif state.round >= cfg.max_rounds:
+            reason = "max_rounds"
+        elif not state.ranking:
+            reason = "no_candidates"
+        if reason is None:
+            question = self.questioner.ask(state)
+            if question is None:
+                reason = "no_question"
+            elif any(question.key == q.key for q in state.questions):
+                raise RuntimeError(f"questioner {self.questioner.name} repeated {question}")
+            else:
+                return replace(state, pending_question=question)
+        return replace(state, done=True, stop_reason=reason)
+
+    def start(self, d0: str, dialogue_id: str | None = None) -> DialogueState:
+        """Round 0: retrieve with d0 alone; the state carries the first question."""
+        did = dialogue_id if dialogue_id is not None else f"dlg-{next(_ids)}"
+        return self._state(did, 0, d0, (), ())
+
+    def step(self, state: DialogueState, answer: str) -> DialogueState:
+        """Record the answer to `state.pending_question`, re-retrieve, pick the next question."""
+        if state.done or state.pending_question is None:
+            raise ValueError(f"dialogue {state.dialogue_id} is finished ({state.stop_reason})")
+        return self._state(
+            state.dialogue_id,
+            state.round + 1,
+            state.d0,
+            (*state.answers, answer.strip()),
+            (*state.questions, state.pending_question),
+        )
+
+    def run(
+        self,
+        d0: str,
+        user: User,
+        target_place_id: str | None = None,
+        dialogue_id: str | None = None,
+    ) -> DialogueResult:
+        """The whole simulated dialogue; with a target, its rank after every round."""
+        state = self.start(d0, dialogue_id)
+        states = [state]
+        while not state.done and state.pending_question is not None:
+            state = self.step(state, user.answer(state.pending_question))
+            states.append(state)
+        ranks = [s.rank_of(target_place_id) for s in states] if target_place_id else []
+        return DialogueResult(state.dialogue_id, states, target_place_id, ranks)

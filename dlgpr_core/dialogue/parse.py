@@ -1,0 +1,251 @@
+"""Keyword parser from a free-text question to a structured probe, or None.
+
+Deliberately conservative: the simulated user must never state a wrong fact, so any
+question with two categories (relations, comparisons), two colours, a colour or material
+whose target part is unclear, or no recognised cue is left unparsed and answered
+"I don't know." The vocabulary is SynthCities' own plus the rephrasing lexicon's synonyms,
+so questions worded like the evaluation queries are understood too.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+
+from dlgpr_core.dialogue.questions import (
+    BUILDING_CATEGORIES,
+    STREET,
+    Question,
+    attribute_question,
+    presence_question,
+)
+from dlgpr_core.synth.rephrase.lexicon import (
+    COLOUR_SYNONYMS,
+    MATERIAL_SYNONYMS,
+    PAVEMENT_SYNONYMS,
+    SPECIES_SYNONYMS,
+    WIDTH_SYNONYMS,
+    category_lexicon,
+    find_terms,
+)
+from dlgpr_core.synth.vocabulary import BUILDINGS, FLOOR_WORDS
+
+_NUMBERS = {
+    "one": 1,
+    "single": 1,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+}
+_PRESENCE = re.compile(
+    r"\b(is there|are there|do you see|can you see|could you see|did you see|any)\b"
+)
+_NEGATION = re.compile(r"\b(not|no|never|nor)\b|n't\b")
+_OPEN = re.compile(r"^\s*(what|which|how|describe|tell)\b")
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A parsed question and whether its wording was negated (then answer without Yes/No)."""
+
+    question: Question
+    negated: bool
+
+
+@cache
+def _categories() -> dict[str, tuple[str, ...]]:
+    return category_lexicon()
+
+
+@cache
+def _materials() -> dict[str, tuple[str, ...]]:
+    m = dict(MATERIAL_SYNONYMS)
+    m["wood"] = (*m["wood"], "wood")
+    return {**m, "metal": ("metal",), "bronze": ("bronze",), "white marble": ("marble",)}
+
+
+@cache
+def _names() -> dict[str, tuple[str, ...]]:
+    return {n: (n,) for b in BUILDINGS.values() for n in b.chains}
+
+
+def _words(text: str, *words: str) -> bool:
+    return any(re.search(rf"\b{re.escape(w)}", text) for w in words)
+
+
+def _one(found: set[str]) -> str | None:
+    return next(iter(found)) if len(found) == 1 else None
+
+
+def _floors(text: str) -> str | None:
+    m = re.search(r"\b(\d)\b", text)
+    if m:
+        return m.group(1)
+    for word, n in _NUMBERS.items():
+        if re.search(rf"\b{word}\b", text):
+            return str(n)
+    for n, word in FLOOR_WORDS.items():
+        if word in text:
+            return str(n)
+    return None
+
+
+def parse_question(text: str) -> Parsed | None:
+    """Structured probe of a free-text question, or None when not confidently understood."""
+    t = " ".join(text.lower().replace("’", "'").split())
+    negated = bool(_NEGATION.search(t))
+    is_open = bool(_OPEN.search(t))
+    names = find_terms(text, _names())
+    cats = find_terms(t, _categories())
+    if not cats and _words(t, "street", "road", "pavement", "sidewalk", "buildings"):
+        cats = {STREET}
+    if len(cats) != 1:
+        return None
+    cat = next(iter(cats))
+    q = _street(t, is_open) if cat == STREET else _element(t, cat, names, is_open)
+    plain = _part(t, cat) is None and not _has_modifier(t)
+    if q is None and not is_open and plain and _PRESENCE.search(t):
+        q = presence_question(cat)
+    return None if q is None else Parsed(q, negated)
+
+
+def _has_modifier(t: str) -> bool:
+    """A presence question with an extra property ("is there a red bench") is not a plain
+    presence probe; without a parse of the property we must not answer it."""
+    return bool(
+        find_terms(t, COLOUR_SYNONYMS)
+        or find_terms(t, _materials())
+        or _words(t, "tall", "small", "low", "round", "octagonal", "big", "large")
+    )
+
+
+def _street(t: str, is_open: bool) -> Question | None:
+    pav = find_terms(t, {**PAVEMENT_SYNONYMS, **{k: (k,) for k in PAVEMENT_SYNONYMS}})
+    width = find_terms(t, WIDTH_SYNONYMS)
+    if pav and width:
+        return None
+    if is_open and width and _words(t, "how"):
+        return attribute_question(STREET, "width")  # "How wide is the street?"
+    if pav:
+        return attribute_question(STREET, "pavement", _one(pav)) if len(pav) == 1 else None
+    if width:
+        return attribute_question(STREET, "width", _one(width)) if len(width) == 1 else None
+    if is_open and _words(t, "pavement", "sidewalk", "paved", "surface"):
+        return attribute_question(STREET, "pavement")
+    if is_open and _words(t, "wide", "width", "narrow"):
+        return attribute_question(STREET, "width")
+    if _words(t, "buildings"):
+        n = _floors(t)
+        if is_open and _words(t, "how many"):
+            return attribute_question(STREET, "buildings")
+        return attribute_question(STREET, "buildings", n) if n else None
+    return None
+
+
+def _element(t: str, cat: str, names: set[str], is_open: bool) -> Question | None:
+    if names:
+        return attribute_question(cat, "name", _one(names)) if len(names) == 1 else None
+    if _words(t, "sign", "name", "called", "named", "say", "read"):
+        return attribute_question(cat, "name") if is_open else None
+    colours = find_terms(t, COLOUR_SYNONYMS)
+    materials = find_terms(t, _materials())
+    if len(colours) > 1 or len(materials) > 1:
+        return None
+    colour, material = _one(colours), _one(materials)
+    if material == "white marble":
+        colour = None  # the colour word is part of the material's name
+    if material == "wood" and cat not in BUILDING_CATEGORIES:
+        material = "wooden"  # furniture facts say "wooden", facades "wood"
+    part = _part(t, cat)
+    if part == "invalid":
+        return None
+    if part in ("awning", "door"):
+        if material:
+            return None
+        if part == "awning" and colour is None and not is_open:
+            if _words(t, "without", "no awning"):
+                return attribute_question(cat, "awning", "none")
+            # "Does the bank have awnings?": the open answer states what is there.
+            return attribute_question(cat, "awning")
+        if colour or (is_open and (part == "awning" or _words(t, "colour", "color"))):
+            return attribute_question(cat, part, colour)
+        return None
+    if part == "roof":
+        if colour or material:
+            return None
+        shape = "flat" if "flat" in t else ("gabled" if "gabled" in t else None)
+        if "steeple" in t:
+            ok = shape in (None, "gabled")
+            return attribute_question(cat, "roof", "gabled with steeple") if ok else None
+        return attribute_question(cat, "roof", shape) if shape or is_open else None
+    if _words(t, "storey", "story", "storeys", "stories", "floor"):
+        if colour or material:
+            return None
+        n = _floors(t)
+        return attribute_question(cat, "floors", n) if n or is_open else None
+    if colour and material:
+        return None
+    if colour:
+        return attribute_question(cat, "colour", colour)
+    if material:
+        return attribute_question(cat, "material", material)
+    return _prop(t, cat, is_open)
+
+
+def _part(t: str, cat: str) -> str | None:
+    """Which part a colour/material word refers to; 'invalid' when two parts are named."""
+    parts = [
+        p
+        for p, words in (
+            ("awning", ("awning", "canopy", "canopies", "sunshade")),
+            ("door", ("door", "entrance")),
+            ("roof", ("roof", "steeple")),
+            ("facade", ("facade", "façade", "wall", "front", "painted")),
+            ("window", ("window", "sign", "letter", "frame", "pole", "seat", "leg")),
+        )
+        if _words(t, *words)
+    ]
+    # "front door" names the door, not the facade.
+    if "door" in parts and "facade" in parts and "front door" in t:
+        parts.remove("facade")
+    if len(parts) > 1 or "window" in parts:
+        return "invalid"
+    if parts == ["facade"] and cat not in BUILDING_CATEGORIES:
+        return "invalid"
+    return parts[0] if parts else None
+
+
+def _prop(t: str, cat: str, is_open: bool) -> Question | None:
+    if cat == "tree":
+        species = find_terms(t, SPECIES_SYNONYMS)
+        if len(species) == 1:
+            return attribute_question(cat, "species", _one(species))
+        if is_open and _words(t, "kind", "type", "species", "sort"):
+            return attribute_question(cat, "species")
+        size = [w for w in ("small", "tall") if _words(t, w)]
+        return attribute_question(cat, "size", size[0]) if len(size) == 1 else None
+    if cat == "hedge":
+        height = [w for w in ("low", "tall") if _words(t, w)]
+        return attribute_question(cat, "height", height[0]) if len(height) == 1 else None
+    if cat == "fountain":
+        shape = [w for w in ("round", "octagonal") if _words(t, w)]
+        return attribute_question(cat, "shape", shape[0]) if len(shape) == 1 else None
+    if cat == "statue":
+        subject = [s for s in ("a horse rider", "a standing figure") if s[2:] in t]
+        if len(subject) == 1:
+            return attribute_question(cat, "subject", subject[0])
+        if is_open and _words(t, "show", "depict", "represent"):
+            return attribute_question(cat, "subject")
+        return None
+    if is_open and _words(t, "how many"):
+        return attribute_question(cat, "count")
+    if not is_open and (n := _floors(t)) is not None:
+        return attribute_question(cat, "count", n)
+    if is_open and _words(t, "colour", "color"):
+        return attribute_question(cat, "colour")
+    if is_open and _words(t, "made of", "material"):
+        return attribute_question(cat, "material")
+    return None

@@ -1,0 +1,33 @@
+"""Simulated user: answers from one place's structured facts, truthfully and briefly.
+
+Structured questions (those the built-in questioners ask) are answered exactly through
+`PlaceKnowledge`; free text (an LLM questioner's) goes through the conservative keyword
+parser first, and whatever it cannot parse with confidence gets "I don't know." rather than
+a guess, because a wrong answer would poison both the benchmark and the GRPO reward.
+"""
+
+from __future__ import annotations
+
+from dlgpr_core.data.annotations import PlaceAnnotation
+from dlgpr_core.dialogue.knowledge import DONT_KNOW, PlaceKnowledge
+from dlgpr_core.dialogue.parse import parse_question
+from dlgpr_core.dialogue.questions import Question
+
+
+class FactUser:
+    """Answers questions about `place` from its annotation facts only."""
+
+    def __init__(self, place: PlaceAnnotation) -> None:
+        self.place = place
+        self.knowledge = PlaceKnowledge.from_place(place)
+
+    def answer(self, question: Question | str) -> str:
+        """A short sentence fit to append to the retrieval query, or "I don't know."."""
+        if isinstance(question, Question):
+            return self.knowledge.answer(question)
+        parsed = parse_question(question)
+        if parsed is None:
+            return DONT_KNOW
+        # A negated wording ("Isn't the bank red?") gets the bare statement: a "Yes"/"No"
+        # to it could be read either way, the statement cannot.
+        return self.knowledge.answer(parsed.question, yes_no_prefix=not parsed.negated)
