@@ -160,3 +160,27 @@ def test_cmpl_loss_combines_eq6() -> None:
     local = sum(terms[k] for k in ("ls/2", "hi/2", "ls/4", "hi/4"))
     expected = 0.5 * terms["gs"] + 0.25 * local + 2.0 * terms["vpr"]
     assert total.item() == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_cmpl_loss_aux_weight_scales_fine_and_vpr_only() -> None:
+    gen = torch.Generator().manual_seed(2)
+    g_i = torch.randn(4, 6, generator=gen, requires_grad=True)
+    g_t = torch.randn(4, 6, generator=gen)
+    f_i = {2: torch.randn(4, 3, 5, generator=gen, requires_grad=True)}
+    f_t = {2: torch.randn(4, 3, 5, generator=gen)}
+    places = torch.tensor([0, 0, 1, 1])
+    cfg = CMPLConfig(lambda_gs=0.5, lambda_h=0.25, lambda_vpr=2.0)
+    loss = CMPLLoss(cfg)
+    feats = (ImageFeatures(g_i, f_i), TextFeatures(g_t, f_t), places)
+    _, full = loss(*feats)
+    total, terms = loss(*feats, aux_weight=0.3)
+    # Every term is still reported unscaled; only the total weights the aux terms.
+    assert set(terms) == set(full)
+    local = terms["ls/2"] + terms["hi/2"]
+    expected = 0.5 * terms["gs"] + 0.3 * (0.25 * local + 2.0 * terms["vpr"])
+    assert total.item() == pytest.approx(float(expected), rel=1e-6)
+    # Weight 0: the fine features stay in the graph but get exactly zero gradient.
+    total0, _ = loss(*feats, aux_weight=0.0)
+    assert total0.item() == pytest.approx(0.5 * float(terms["gs"]), rel=1e-6)
+    total0.backward()
+    assert f_i[2].grad is not None and torch.count_nonzero(f_i[2].grad) == 0

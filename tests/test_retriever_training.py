@@ -31,7 +31,7 @@ from dlgpr_core.retriever.data import (
 )
 from dlgpr_core.retriever.evaluation import place_recall, recall_from_features
 from dlgpr_core.retriever.model import ImageFeatures, TextFeatures
-from dlgpr_core.retriever.training import ConfigError, TrainConfig, train
+from dlgpr_core.retriever.training import ConfigError, TrainConfig, aux_loss_weight, train
 from dlgpr_core.synth import generate_city
 
 REPO = Path(__file__).resolve().parent.parent
@@ -134,6 +134,24 @@ def test_a_few_steps_lower_the_loss(root: Path, tmp_path: Path) -> None:
     assert {"loss/gs", "loss/vpr", "loss/ls/4", "loss/hi/4", "lr", "steps_per_s"} <= set(
         result.history[0]
     )
+
+
+def test_aux_loss_weight_schedule() -> None:
+    assert [aux_loss_weight(s, 0, 0) for s in range(3)] == [1.0, 1.0, 1.0]
+    assert [aux_loss_weight(s, 2, 0) for s in range(4)] == [0.0, 0.0, 1.0, 1.0]
+    assert [aux_loss_weight(s, 1, 4) for s in range(7)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+
+
+def test_gs_only_warmup_is_logged(root: Path, tmp_path: Path) -> None:
+    cfg = tiny_config(
+        root, tmp_path, "val_fraction=0", "gs_only_warmup_steps=2", "aux_ramp_steps=2"
+    )
+    result = train(cfg)
+    assert [r["aux_weight"] for r in result.history] == [0.0, 0.0, 0.5, 1.0]
+    # The warm-up totals are the global term alone (lambda_gs = 1); the others are reported.
+    for row in result.history[:2]:
+        assert row["loss/total"] == pytest.approx(row["loss/gs"], rel=1e-6)
+        assert "loss/vpr" in row and "loss/ls/4" in row
 
 
 def test_resume_reproduces_the_uninterrupted_run(root: Path, tmp_path: Path) -> None:

@@ -160,8 +160,15 @@ class CMPLLoss(nn.Module):
         self.config = config
 
     def forward(
-        self, img: ImageFeatures, txt: TextFeatures, place_ids: Tensor
+        self,
+        img: ImageFeatures,
+        txt: TextFeatures,
+        place_ids: Tensor,
+        aux_weight: float = 1.0,
     ) -> tuple[Tensor, dict[str, Tensor]]:
+        """`aux_weight` scales the fine (ls, hi) and VPR terms on top of their lambdas, for a
+        global-only warm-up: the terms are still computed and logged, and every parameter stays
+        in the graph (zero gradient), so DDP needs no unused-parameter search."""
         cfg = self.config
         terms: dict[str, Tensor] = {}
         total = sdm_loss(img.global_, txt.global_, place_ids, cfg.sdm_tau, cfg.sdm_eps)
@@ -179,7 +186,7 @@ class CMPLLoss(nn.Module):
                     hi = hi_loss_from_similarity(sim, place_ids, cfg.hi_margin)
                     terms[f"hi/{level}"] = hi
                     local = local + hi
-            total = total + cfg.lambda_h * local
+            total = total + aux_weight * cfg.lambda_h * local
         if cfg.use_vpr:
             vpr = multi_similarity_loss(
                 img.global_,
@@ -190,6 +197,6 @@ class CMPLLoss(nn.Module):
                 cfg.ms_miner_margin,
             )
             terms["vpr"] = vpr
-            total = total + cfg.lambda_vpr * vpr
+            total = total + aux_weight * cfg.lambda_vpr * vpr
         terms["total"] = total
         return total, terms

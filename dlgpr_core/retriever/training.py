@@ -102,6 +102,12 @@ class TrainConfig(BaseModel):
     warmup_steps: int = Field(default=0, ge=0)
     min_lr_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
     grad_accum: int = Field(default=1, ge=1)
+    # From-scratch warm-up: the first `gs_only_warmup_steps` steps train on L_gs alone (fine
+    # and VPR terms weighted 0), then their weight ramps linearly to 1 over `aux_ramp_steps`.
+    # On a random model the fine terms (local SDM even without HI) otherwise flatten every
+    # similarity within ~40 steps and drag the global embedding into the same collapse.
+    gs_only_warmup_steps: int = Field(default=0, ge=0)
+    aux_ramp_steps: int = Field(default=0, ge=0)
     grad_clip: float | None = Field(default=1.0, gt=0)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     seed: int = 0
@@ -354,6 +360,16 @@ def param_groups(
             }
         )
     return out
+
+
+def aux_loss_weight(step: int, gs_only_steps: int, ramp_steps: int) -> float:
+    """Weight of the fine and VPR terms at optimizer step `step` (0-based): 0 during the
+    global-only warm-up, then a linear ramp reaching 1 after `ramp_steps` more steps."""
+    if step < gs_only_steps:
+        return 0.0
+    if ramp_steps == 0:
+        return 1.0
+    return min(1.0, (step - gs_only_steps + 1) / ramp_steps)
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -770,7 +786,10 @@ def _train(config: TrainConfig, info: DistInfo, stop_after_steps: int | None) ->
                 with autocast():
                     img, txt = ddp(batch.images, batch.text)
                 img32, txt32 = _float_features(img, txt, batch.text_index)
-                loss, terms = loss_fn(img32, txt32, batch.labels)
+                aux = aux_loss_weight(
+                    state.step, config.gs_only_warmup_steps, config.aux_ramp_steps
+                )
+                loss, terms = loss_fn(img32, txt32, batch.labels, aux_weight=aux)
                 scaler.scale(loss / config.grad_accum).backward()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) / config.grad_accum
@@ -796,6 +815,8 @@ def _train(config: TrainConfig, info: DistInfo, stop_after_steps: int | None) ->
                 now = time.perf_counter()
                 row: dict[str, float] = {"step": state.step, "epoch": state.epoch, "lr": lr}
                 row |= {f"loss/{k}": v for k, v in sorted(avg.items())}
+                if config.gs_only_warmup_steps or config.aux_ramp_steps:
+                    row["aux_weight"] = aux
                 row["steps_per_s"] = steps_since_log / max(now - t_last, 1e-9)
                 row["samples_per_s"] = (
                     row["steps_per_s"] * config.grad_accum * len(batch) * info.world_size
