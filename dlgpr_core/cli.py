@@ -87,6 +87,31 @@ def _open_map(map_dir: Path) -> MapDatabase:
     return MapDatabase.open(map_dir)
 
 
+def _map_encoder(db: MapDatabase, encoder: str | None, checkpoint: Path | None) -> Encoder:
+    """The encoder given on the command line, else the one the map recorded at creation."""
+    spec = db.encoder_spec()
+    name = encoder or spec.get("name") or "dlgpr-lite"
+    ckpt = checkpoint or (Path(spec["checkpoint"]) if spec.get("checkpoint") else None)
+    return _encoder(name, ckpt)
+
+
+def _open_or_create_map(
+    map_dir: Path, encoder: str | None, checkpoint: Path | None
+) -> tuple[MapDatabase, Encoder]:
+    """Extend an existing map with its own encoder, or create one recording the encoder
+    spec, so later queries need no --encoder flag."""
+    from dlgpr_core.mapdb.database import MAP_FILE, MapDatabase
+
+    if (map_dir / MAP_FILE).exists():
+        db = MapDatabase.open(map_dir)
+        return db, _map_encoder(db, encoder, checkpoint)
+    name = encoder or "dlgpr-lite"
+    enc = _encoder(name, checkpoint)
+    db = MapDatabase.create(map_dir, enc.fingerprint, enc.dim)
+    db.set_encoder_spec(name, str(checkpoint) if checkpoint else None)
+    return db, enc
+
+
 @map_app.command("build")
 def map_build(
     dataset: Annotated[
@@ -103,21 +128,10 @@ def map_build(
 ) -> None:
     """Build or extend a map; resumes an interrupted build and adds only new images."""
     from dlgpr_core.data import detect_format, scan_dataset
-    from dlgpr_core.mapdb.database import MapDatabase
 
     kind = detect_format(dataset) if fmt == "auto" else fmt
     scan = scan_dataset(dataset, fmt=kind)
-    if (map_dir / "map.sqlite").exists():
-        db = MapDatabase.open(map_dir)
-        spec = db.encoder_spec()
-        name = encoder or spec.get("name") or "dlgpr-lite"
-        ckpt = checkpoint or (Path(spec["checkpoint"]) if spec.get("checkpoint") else None)
-        enc = _encoder(name, ckpt)
-    else:
-        name = encoder or "dlgpr-lite"
-        enc = _encoder(name, checkpoint)
-        db = MapDatabase.create(map_dir, enc.fingerprint, enc.dim)
-        db.set_encoder_spec(name, str(checkpoint) if checkpoint else None)
+    db, enc = _open_or_create_map(map_dir, encoder, checkpoint)
     console.print(
         f"building map {map_dir} from {scan.root}: {len(scan.records)} images found, "
         f"{len(scan.skipped)} refused while reading"
@@ -186,10 +200,7 @@ def map_query(
 ) -> None:
     """Static retrieval: the top places for a description, with scores and positions."""
     db = _open_map(map_dir)
-    spec = db.encoder_spec()
-    name = encoder or spec.get("name") or "dlgpr-lite"
-    ckpt = checkpoint or (Path(spec["checkpoint"]) if spec.get("checkpoint") else None)
-    enc = _encoder(name, ckpt)
+    enc = _map_encoder(db, encoder, checkpoint)
     hits = db.search(text, enc, k=k, approximate=approximate)  # type: ignore[arg-type]
     if as_json:
         sys.stdout.write(json.dumps([h.__dict__ for h in hits], indent=2) + "\n")
@@ -215,20 +226,13 @@ def demo(
     from dlgpr_core.data import scan_dataset
     from dlgpr_core.data.annotations import read_annotations
     from dlgpr_core.data.records import namespaced_place_id
-    from dlgpr_core.mapdb.database import MapDatabase
     from dlgpr_core.synth import generate_city
 
     city = "Demoville"
     annotations = workdir / "Annotations" / f"{city}.jsonl"
     if not annotations.exists():
         generate_city(workdir, city, places, views_per_place=4, seed=seed, difficulty=0.5)
-    map_dir = workdir / "map"
-    enc = _encoder("dlgpr-lite", None)
-    if (map_dir / "map.sqlite").exists():
-        db = MapDatabase.open(map_dir)
-    else:
-        db = MapDatabase.create(map_dir, enc.fingerprint, enc.dim)
-        db.set_encoder_spec("dlgpr-lite", None)
+    db, enc = _open_or_create_map(workdir / "map", "dlgpr-lite", None)
     report = db.build(scan_dataset(workdir, fmt="gsv"), enc, progress=True, source_kind="gsv")
     console.print(report.render())
     console.print(db.info().render())
