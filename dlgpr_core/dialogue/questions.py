@@ -14,7 +14,7 @@ from typing import Literal
 
 from dlgpr_core.synth.vocabulary import COUNT_WORDS, FLOOR_WORDS
 
-ProbeKind = Literal["presence", "attribute"]
+ProbeKind = Literal["presence", "attribute", "free"]
 
 BUILDING_CATEGORIES = frozenset(
     {
@@ -46,7 +46,9 @@ class Question:
     ``kind == "presence"``: "Is there a fountain?" (``attribute``/``value`` are None).
     ``kind == "attribute"`` with a ``value``: a yes/no probe ("Does the pharmacy have green
     awnings?"); with ``value`` None: a short open question ("What does the sign of the cafe
-    say?"). ``text`` is what a human or an LLM-based user would read.
+    say?"). ``kind == "free"``: free text from an LLM questioner, with no probe behind it
+    (``category`` is empty); users parse or read it. ``text`` is what a human or an
+    LLM-based user would read.
     """
 
     text: str
@@ -57,7 +59,11 @@ class Question:
 
     @property
     def key(self) -> tuple[str, str, str | None, str | None]:
-        """Identity of the probe, ignoring phrasing: asking it twice adds nothing."""
+        """Identity of the probe, ignoring phrasing: asking it twice adds nothing.
+
+        A free question has no probe, so its normalised text is its identity."""
+        if self.kind == "free":
+            return ("free", " ".join(self.text.lower().split()).rstrip("?. "), None, None)
         return (self.kind, self.category, self.attribute, self.value)
 
     @property
@@ -236,3 +242,11 @@ def attribute_question(category: str, attribute: str, value: str | None = None) 
         else _yes_no_text(category, attribute, value)
     )
     return Question(text, "attribute", category, attribute, value)
+
+
+def free_question(text: str) -> Question:
+    """A question known only by its wording (an LLM questioner's output)."""
+    cleaned = " ".join(text.split())
+    if not cleaned:
+        raise ValueError("a question needs some text")
+    return Question(text=cleaned, kind="free", category="")

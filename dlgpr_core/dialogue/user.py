@@ -23,9 +23,9 @@ class FactUser:
 
     def answer(self, question: Question | str) -> str:
         """A short sentence fit to append to the retrieval query, or "I don't know."."""
-        if isinstance(question, Question):
+        if isinstance(question, Question) and question.kind != "free":
             return self.knowledge.answer(question)
-        parsed = parse_question(question)
+        parsed = parse_question(question.text if isinstance(question, Question) else question)
         if parsed is None:
             return DONT_KNOW
         # A negated wording ("Isn't the bank red?") gets the bare statement: a "Yes"/"No"

@@ -1,0 +1,1 @@
+"""Language and vision-language model backends shared by questioners and simulated users."""

@@ -1,0 +1,1 @@
+"""Spoken input without ROS: audio normalisation, voice activity detection, Whisper backends."""
