@@ -9,7 +9,7 @@ and must read like the descriptions the retriever was trained on.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from dlgpr_core.synth.vocabulary import COUNT_WORDS, FLOOR_WORDS
@@ -56,6 +56,10 @@ class Question:
     category: str
     attribute: str | None = None
     value: str | None = None
+    reasoning: str = field(default="", compare=False)
+    """Why the questioner asked (an LLM's <think> block); empty for rule-based questioners."""
+    fallback: bool = field(default=False, compare=False)
+    """True when the questioner's own output was unusable and a fallback question was asked."""
 
     @property
     def key(self) -> tuple[str, str, str | None, str | None]:
@@ -244,9 +248,9 @@ def attribute_question(category: str, attribute: str, value: str | None = None) 
     return Question(text, "attribute", category, attribute, value)
 
 
-def free_question(text: str) -> Question:
+def free_question(text: str, reasoning: str = "", fallback: bool = False) -> Question:
     """A question known only by its wording (an LLM questioner's output)."""
     cleaned = " ".join(text.split())
     if not cleaned:
         raise ValueError("a question needs some text")
-    return Question(text=cleaned, kind="free", category="")
+    return Question(text=cleaned, kind="free", category="", reasoning=reasoning, fallback=fallback)
