@@ -61,9 +61,16 @@ def tiny_chat_tokenizer() -> PreTrainedTokenizerFast:
     tok.bos_token = None
     tok.chat_template = CHAT_TEMPLATE
     # Qwen2.5-VL's processor looks these attributes up on its tokenizer.
-    tok.image_token = "<|image_pad|>"  # type: ignore[attr-defined]
-    tok.video_token = "<|video_pad|>"  # type: ignore[attr-defined]
+    tok.image_token = "<|image_pad|>"
+    tok.video_token = "<|video_pad|>"
     return tok
+
+
+def _token_id(tok: PreTrainedTokenizerFast, token: str) -> int:
+    value = tok.convert_tokens_to_ids(token)
+    if not isinstance(value, int):
+        raise TypeError(f"{token!r} is not a single token")
+    return value
 
 
 def build_tiny_causal_lm(out_dir: Path, seed: int = 0) -> Path:
@@ -81,7 +88,7 @@ def build_tiny_causal_lm(out_dir: Path, seed: int = 0) -> Path:
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=4096,
-        bos_token_id=tok.convert_tokens_to_ids("<|im_start|>"),
+        bos_token_id=_token_id(tok, "<|im_start|>"),
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
         tie_word_embeddings=True,
@@ -113,9 +120,12 @@ def build_tiny_qwen2_5_vl(out_dir: Path, seed: int = 0) -> Path:
         video_processor=Qwen2VLVideoProcessor(),
         chat_template=CHAT_TEMPLATE,
     )
-    ids = tok.convert_tokens_to_ids
+
+    def ids(token: str) -> int:
+        return _token_id(tok, token)
+
     torch.manual_seed(seed)
-    config = Qwen2_5_VLConfig(
+    config = Qwen2_5_VLConfig(  # type: ignore[call-arg]  # token ids go to PretrainedConfig
         text_config={
             "vocab_size": len(tok),
             "hidden_size": 64,
