@@ -179,14 +179,39 @@ class RandomFactQuestioner:
         return None
 
 
+def _vlm_questioner(
+    places_by_id: Mapping[str, PlaceAnnotation] | None = None,
+    model: str | None = None,
+    adapter: str | None = None,
+    **options: Any,
+) -> Questioner:
+    """DQ-pilot (with a LoRA adapter) or its zero-shot baseline (without); the model loads
+    here, once, so callers share one questioner between dialogues."""
+    from dlgpr_core.dialogue.dq_pilot import DQPilotConfig, DQPilotQuestioner
+
+    fields: dict[str, Any] = dict(options, adapter=adapter)
+    if model:
+        fields["model"] = model
+    cfg = DQPilotConfig(**fields)
+    return DQPilotQuestioner(cfg, places_by_id=places_by_id)
+
+
+def _zero_shot(**kwargs: Any) -> Questioner:
+    if kwargs.get("adapter"):
+        raise ValueError("vlm-zero-shot runs the VLM without an adapter; use dq-pilot for one")
+    return _vlm_questioner(**kwargs)
+
+
 QUESTIONERS: dict[str, Callable[..., Questioner]] = {
     "info-gain": InfoGainQuestioner,
     "random": RandomFactQuestioner,
+    "dq-pilot": _vlm_questioner,
+    "vlm-zero-shot": _zero_shot,
 }
 
 
 def make_questioner(name: str, **kwargs: Any) -> Questioner:
-    """Build a registered questioner by name ("info-gain", "random")."""
+    """Build a registered questioner by name (see `QUESTIONERS`)."""
     try:
         factory = QUESTIONERS[name]
     except KeyError:

@@ -55,7 +55,7 @@ _DTYPES = {
 
 
 def resolve_device(device: str) -> str:
-    """"auto" picks the GPU when there is one; anything else is passed through (checked)."""
+    """ "auto" picks the GPU when there is one; anything else is passed through (checked)."""
     import torch
 
     if device == "auto":
@@ -68,7 +68,7 @@ def resolve_device(device: str) -> str:
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    """"auto": bf16 on GPUs that support it (fp16 on older ones), fp32 on CPU, where half
+    """ "auto": bf16 on GPUs that support it (fp16 on older ones), fp32 on CPU, where half
     precision is slow or unsupported for many kernels."""
     import torch
 
@@ -77,7 +77,8 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
     try:
-        return getattr(torch, _DTYPES[dtype.lower()])  # type: ignore[no-any-return]
+        value: torch.dtype = getattr(torch, _DTYPES[dtype.lower()])
+        return value
     except KeyError:
         raise ValueError(f"unknown dtype {dtype!r}; use 'auto', {sorted(_DTYPES)}") from None
 
@@ -140,7 +141,12 @@ class VisionLanguageChat:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         try:
-            net = AutoModelForImageTextToText.from_pretrained(source, dtype=self.dtype)
+            # On a GPU, load straight onto it: a 7B model staged in CPU RAM first needs
+            # its whole size twice over.
+            extra = {"device_map": self.device} if self.device.startswith("cuda") else {}
+            net: Any = AutoModelForImageTextToText.from_pretrained(
+                source, dtype=self.dtype, **extra
+            )
         except ValueError as exc:
             if "Unrecognized configuration class" in str(exc):
                 raise ValueError(
