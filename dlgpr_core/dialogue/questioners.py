@@ -202,11 +202,27 @@ def _zero_shot(**kwargs: Any) -> Questioner:
     return _vlm_questioner(**kwargs)
 
 
+def _plugir(
+    places_by_id: Mapping[str, PlaceAnnotation],
+    search: Callable[[str, int], Any],
+    llm: str | None = None,
+    **options: Any,
+) -> Questioner:
+    """The PlugIR baseline over a chat model given by spec (path, hub id, openai:...)."""
+    from dlgpr_core.dialogue.plugir import PlugIRQuestioner
+    from dlgpr_core.llm.chat import create_chat_model
+
+    if not llm:
+        raise ValueError("plugir needs a chat model: pass llm=<path, hub id or openai:...>")
+    return PlugIRQuestioner(create_chat_model(llm), search, places_by_id, **options)
+
+
 QUESTIONERS: dict[str, Callable[..., Questioner]] = {
     "info-gain": InfoGainQuestioner,
     "random": RandomFactQuestioner,
     "dq-pilot": _vlm_questioner,
     "vlm-zero-shot": _zero_shot,
+    "plugir": _plugir,
 }
 
 
