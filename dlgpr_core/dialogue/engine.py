@@ -8,7 +8,7 @@ ROS node or the benchmark can all drive the same engine; `run` is the simulated 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -18,6 +18,10 @@ from dlgpr_core.mapdb.report import PlaceHit
 
 SearchFn = Callable[[str, int], list[PlaceHit]]
 """search(text, k) -> the top-k places, best first."""
+
+Reranker = Callable[[Sequence[PlaceHit], Sequence[Question], Sequence[str]], list[PlaceHit]]
+"""reranker(ranking, questions, answers) -> the ranking re-scored by what the answers say
+(e.g. `consistency.FactConsistencyReranker`); None keeps the paper's text-only update."""
 
 _ids = itertools.count()
 
@@ -124,11 +128,16 @@ class DialogueEngine:
     """Runs the loop over a `search` callable and a questioner."""
 
     def __init__(
-        self, search: SearchFn, questioner: Questioner, config: DialogueConfig | None = None
+        self,
+        search: SearchFn,
+        questioner: Questioner,
+        config: DialogueConfig | None = None,
+        reranker: Reranker | None = None,
     ) -> None:
         self.search = search
         self.questioner = questioner
         self.config = config or DialogueConfig()
+        self.reranker = reranker
 
     def _state(
         self,
@@ -141,28 +150,13 @@ class DialogueEngine:
         cfg = self.config
         text = " ".join((d0, *answers))
         ranking = tuple(self.search(text, max(cfg.search_k, cfg.top_k)))
-        scores = [h.score for h in ranking[: cfg.top_k]]
-        state = DialogueState(
-            dialogue_id=dialogue_id,
-            round=round_,
-            d0=d0,
-            answers=answers,
-            questions=questions,
-            ranking=ranking,
-            top_k=cfg.top_k,
-            belief=tuple(softmax_belief(scores, cfg.temperature)),
-        )
+        if self.reranker is not None:
+            ranking = tuple(self.reranker(ranking, questions, answers))
+        state = observe_ranking(cfg, dialogue_id, round_, d0, answers, questions, ranking)
         return self._decide(state)
 
     def _decide(self, state: DialogueState) -> DialogueState:
-        cfg = self.config
-        reason: str | None = None
-        if cfg.confidence is not None and state.belief and state.confidence >= cfg.confidence:
-            reason = "confident"
-        elif state.round >= cfg.max_rounds:
-            reason = "max_rounds"
-        elif not state.ranking:
-            reason = "no_candidates"
+        reason = stop_reason(self.config, state)
         if reason is None:
             question = self.questioner.ask(state)
             if question is None:
@@ -205,3 +199,44 @@ class DialogueEngine:
             states.append(state)
         ranks = [s.rank_of(target_place_id) for s in states] if target_place_id else []
         return DialogueResult(state.dialogue_id, states, target_place_id, ranks)
+
+
+def observe_ranking(
+    config: DialogueConfig,
+    dialogue_id: str,
+    round_: int,
+    d0: str,
+    answers: tuple[str, ...],
+    questions: tuple[Question, ...],
+    ranking: tuple[PlaceHit, ...],
+) -> DialogueState:
+    """The undecided state of a round whose ranking was computed elsewhere.
+
+    Step-wise API for distributed callers: a ROS dialogue manager gets the ranking from a
+    retrieval node and the question from a questioner node, yet must compute the belief
+    exactly as `DialogueEngine` does so that both paths stop at the same rounds.
+    """
+    scores = [h.score for h in ranking[: config.top_k]]
+    return DialogueState(
+        dialogue_id=dialogue_id,
+        round=round_,
+        d0=d0,
+        answers=answers,
+        questions=questions,
+        ranking=ranking,
+        top_k=config.top_k,
+        belief=tuple(softmax_belief(scores, config.temperature)),
+    )
+
+
+def stop_reason(config: DialogueConfig, state: DialogueState) -> str | None:
+    """Why a dialogue stops before a question is asked ("confident", "max_rounds",
+    "no_candidates"), else None; same order of checks as `DialogueEngine` (the
+    questioner's own "no_question" can only be known after asking it)."""
+    if config.confidence is not None and state.belief and state.confidence >= config.confidence:
+        return "confident"
+    if state.round >= config.max_rounds:
+        return "max_rounds"
+    if not state.ranking:
+        return "no_candidates"
+    return None

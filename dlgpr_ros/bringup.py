@@ -1,0 +1,247 @@
+"""Pip-only bringup: the launch file's node set, started in one process.
+
+`ros2 launch` is not available from PyPI, so this starts the very nodes that
+`launch/dialogue.launch.py` starts, from the same data (`graph.launch_plan`), in one
+MultiThreadedExecutor. The lifecycle retrieval node is configured and activated here, as
+a lifecycle manager would do in a full install. Each graph gets its own rclpy Context, so
+tests can bring graphs up and down repeatedly in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import rclpy
+import yaml
+from rclpy.context import Context
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+from dlgpr_ros.graph import INPUT_MODES, PlannedNode, launch_plan
+
+log = logging.getLogger(__name__)
+
+
+def _activate(node: LifecycleNode) -> None:
+    """configure + activate, failing loudly (a graph without retrieval is useless)."""
+    for step in (node.trigger_configure, node.trigger_activate):
+        result = step()
+        if result != TransitionCallbackReturn.SUCCESS:
+            raise RuntimeError(f"{node.get_name()}: {step.__name__} returned {result}")
+
+
+def make_node(planned: PlannedNode, *, namespace: str = "", context: Context | None = None) -> Node:
+    """One planned node, its parameters given as overrides of the declared defaults."""
+    cls = planned.spec.load_class()
+    node: Node = cls(
+        planned.name,
+        namespace=namespace,
+        context=context,
+        parameter_overrides=[Parameter(k, value=v) for k, v in planned.parameters.items()],
+    )
+    return node
+
+
+class Graph:
+    """A running node set: look nodes up by name, restart them, wait for conditions."""
+
+    def __init__(
+        self, plan: Sequence[PlannedNode], *, namespace: str = "", num_threads: int = 4
+    ) -> None:
+        self.plan = {p.name: p for p in plan}
+        self.namespace = namespace
+        self.context = Context()
+        rclpy.init(context=self.context)
+        self.executor = MultiThreadedExecutor(num_threads=num_threads, context=self.context)
+        self.nodes: dict[str, Node] = {}
+        self.skipped: dict[str, str] = {}
+        """Optional nodes that could not be imported, with the reason."""
+        self._thread: threading.Thread | None = None
+
+    def start(self, name: str) -> Node | None:
+        """Creates (or re-creates) a planned node and adds it to the executor."""
+        planned = self.plan[name]
+        try:
+            node = make_node(planned, namespace=self.namespace, context=self.context)
+        except ImportError as exc:
+            if not planned.spec.optional:
+                raise
+            self.skipped[name] = str(exc)
+            log.warning("optional node %s skipped: %s", name, exc)
+            return None
+        if isinstance(node, LifecycleNode):
+            _activate(node)
+        self.nodes[name] = node
+        self.executor.add_node(node)
+        return node
+
+    def stop(self, name: str) -> None:
+        """Destroys one node (a crash or restart, as far as its peers can tell)."""
+        node = self.nodes.pop(name)
+        self.executor.remove_node(node)
+        if isinstance(node, LifecycleNode):
+            node.trigger_shutdown()
+        node.destroy_node()
+
+    def add(self, node: Node) -> None:
+        """Spins an extra node (a test probe) with the graph."""
+        self.executor.add_node(node)
+
+    def node(self, name: str) -> Any:
+        """A running node by its planned name (typed Any: callers know its class)."""
+        return self.nodes[name]
+
+    def spin_in_thread(self) -> None:
+        self._thread = threading.Thread(target=self._spin, name="dlgpr-bringup", daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        with suppress(ExternalShutdownException):
+            self.executor.spin()
+
+    def run_until(self, done: Callable[[], bool], timeout: float = 30.0) -> bool:
+        """Waits (the executor spins in its thread) until `done()` or the timeout."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if done():
+                return True
+            time.sleep(0.02)
+        return done()
+
+    def shutdown(self) -> None:
+        """Stops spinning, then destroys every node and the context; safe to call twice."""
+        self.executor.shutdown(timeout_sec=5.0)
+        if self._thread is not None:
+            self._thread.join(timeout=10.0)
+            self._thread = None
+        for name in list(self.nodes):
+            self.stop(name)
+        rclpy.try_shutdown(context=self.context)
+
+    def __enter__(self) -> Graph:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+
+def bringup(
+    config_path: Path | str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    input_mode: str = "typed",
+    *,
+    simulate: bool = False,
+    namespace: str = "",
+    nodes_path: Path | str | None = None,
+    spin: bool = True,
+) -> Graph:
+    """Starts the planned nodes (see `graph.launch_plan`) and, with `spin`, spins them in a
+    background thread; use the result as a context manager or call `shutdown()`."""
+    plan = launch_plan(config_path, overrides, input_mode, simulate=simulate, nodes_path=nodes_path)
+    graph = Graph(plan, namespace=namespace)
+    try:
+        for planned in plan:
+            graph.start(planned.name)
+    except BaseException:
+        graph.shutdown()
+        raise
+    if spin:
+        graph.spin_in_thread()
+    return graph
+
+
+@contextmanager
+def running(*args: Any, **kwargs: Any) -> Iterator[Graph]:
+    """`with running(config, overrides) as graph:` -- bringup with guaranteed shutdown."""
+    graph = bringup(*args, **kwargs)
+    try:
+        yield graph
+    finally:
+        graph.shutdown()
+
+
+def spin_nodes(nodes: Sequence[Node], *, lifecycle_autostart: bool = False) -> None:
+    """The body of each node's `main`: spin until Ctrl-C or an external shutdown, then
+    destroy the nodes and shut rclpy down (rclpy.init was called by the caller)."""
+    executor = MultiThreadedExecutor()
+    try:
+        for node in nodes:
+            if lifecycle_autostart and isinstance(node, LifecycleNode):
+                _activate(node)
+            executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown()
+        for node in nodes:
+            node.destroy_node()
+        rclpy.try_shutdown()
+
+
+def _parse_set(items: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects key=value, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`dlgpr bringup` / `python -m dlgpr_ros.bringup`: the launch file without `launch`."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--config", type=Path, default=None, help="dialogue.yaml (parameters)")
+    ap.add_argument("--nodes", type=Path, default=None, help="nodes.yaml (node set)")
+    ap.add_argument("--map", default=None, help="map directory (sets every map_path)")
+    ap.add_argument("--questioner", default=None, help="info-gain or random")
+    ap.add_argument("--input", choices=INPUT_MODES, default="typed")
+    ap.add_argument("--namespace", default="")
+    ap.add_argument(
+        "--simulate",
+        action="append",
+        default=[],
+        metavar="PLACE_ID",
+        help="run a simulated user looking for this place (repeatable)",
+    )
+    ap.add_argument("--set", action="append", default=[], metavar="[NODE.]PARAM=VALUE")
+    args = ap.parse_args(argv)
+    overrides = _parse_set(args.set)
+    if args.map:
+        overrides["map_path"] = args.map
+    if args.questioner:
+        overrides["questioner.questioner"] = args.questioner
+    if args.simulate:
+        overrides["simulated_user.targets"] = ",".join(args.simulate)
+    if args.input == "typed":
+        overrides.setdefault("typed_input.read_stdin", True)
+    graph = bringup(
+        args.config,
+        overrides,
+        args.input,
+        simulate=bool(args.simulate),
+        namespace=args.namespace,
+        nodes_path=args.nodes,
+        spin=False,
+    )
+    try:
+        graph.executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        graph.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
