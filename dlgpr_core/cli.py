@@ -412,6 +412,12 @@ def dialogue_eval(
         typer.Option(help="Stop early once the top-1 belief reaches this (omit: never)."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Chooses the target places and random questions.")] = 0,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Dialogues run in lockstep, one batched VLM call per round (GPU)."
+        ),
+    ] = 1,
     out: Annotated[
         Path, typer.Option(help="Output folder: table.md/json, dialogues.jsonl, recall.png.")
     ] = Path("results/dialogue_eval"),
@@ -464,7 +470,9 @@ def dialogue_eval(
         raise ValueError(f"--update takes 'text' and/or 'facts', not {unknown}")
     updates = [known[u] for u in _split([update])]
     names = _split(questioner)
-    settings = EvalSettings(n=n, max_rounds=rounds, confidence=confidence, seed=seed)
+    settings = EvalSettings(
+        n=n, max_rounds=rounds, confidence=confidence, seed=seed, batch_size=batch_size
+    )
     log = DialogueLog(out / "dialogues.jsonl")
     done = {r.key for r in log.read()}
     given = {"model": model, "adapter": str(adapter) if adapter else None, "llm": llm}
@@ -527,6 +535,26 @@ def dialogue_eval(
     png = plot_recall(rows, out / "recall.png")
     console.print((out / "table.md").read_text(encoding="utf-8"))
     console.print(f"wrote {md}, {js}, {png} and {log.path}")
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def bringup(ctx: typer.Context) -> None:
+    """Start the ROS 2 node graph without `ros2 launch` (pip-only robots); --help for options.
+
+    The very nodes and parameters that launch/dialogue.launch.py starts, from the same
+    config/nodes.yaml and config/dialogue.yaml, in one multi-threaded executor.
+    """
+    try:
+        from dlgpr_ros.bringup import main as bringup_main
+    except ImportError as exc:
+        raise typer.BadParameter(
+            f"the ROS 2 side is not available ({exc}); run `make setup` and "
+            "`source scripts/env.sh` (rclpy wheels + the colcon-built dlgpr_ros messages)"
+        ) from exc
+    raise typer.Exit(bringup_main(ctx.args))
 
 
 def main() -> None:

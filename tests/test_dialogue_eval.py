@@ -247,6 +247,53 @@ def test_table_matches_the_logged_ranks(
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 
+class _CountingInfoGain(InfoGainQuestioner):
+    """Info-gain with a batched entry point that counts its calls (stateless, so batching
+    must not change a single question)."""
+
+    def __init__(self, by_id: dict[str, PlaceAnnotation]) -> None:
+        super().__init__(by_id)
+        self.batches: list[int] = []
+
+    def ask_many(self, states):
+        self.batches.append(len(states))
+        return [self.ask(s) for s in states]
+
+
+def test_lockstep_batches_questions_without_changing_results(
+    places: list[PlaceAnnotation], by_id: dict[str, PlaceAnnotation], tmp_path: Path
+) -> None:
+    def strip(records):
+        return [{k: v for k, v in r.__dict__.items() if not k.endswith("_ms")} for r in records]
+
+    results = {}
+    made: list[_CountingInfoGain] = []
+
+    def make(seed: int) -> _CountingInfoGain:
+        made.append(_CountingInfoGain(by_id))
+        return made[-1]
+
+    for batch in (1, 4):
+        made.clear()
+        settings = EvalSettings(n=8, max_rounds=3, confidence=None, seed=5, batch_size=batch)
+        log = DialogueLog(tmp_path / f"b{batch}.jsonl")
+        results[batch] = list(
+            evaluate_city(
+                word_search(by_id), len(by_id), places, "info-gain", make, "facts", settings, log
+            )
+        )
+        if batch == 4:
+            assert len(made) == 2
+            # One batched call per question round for each batch of 4 (3 questions each).
+            assert [q.batches for q in made] == [[4, 4, 4]] * 2
+            assert all(len(r.question_ms) == 3 for r in results[4])
+        else:
+            assert len(made) == 8 and all(q.batches == [] for q in made)
+    assert strip(results[1]) == strip(results[4])
+    with pytest.raises(ValueError, match="batch_size"):
+        EvalSettings(batch_size=0)
+
+
 @pytest.mark.slow
 def test_dlgpr_eval_command_end_to_end(tmp_path: Path) -> None:
     """The console command on a generated city with the embedded encoder: writes the

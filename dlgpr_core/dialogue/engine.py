@@ -139,7 +139,7 @@ class DialogueEngine:
         self.config = config or DialogueConfig()
         self.reranker = reranker
 
-    def _state(
+    def _observe(
         self,
         dialogue_id: str,
         round_: int,
@@ -152,37 +152,75 @@ class DialogueEngine:
         ranking = tuple(self.search(text, max(cfg.search_k, cfg.top_k)))
         if self.reranker is not None:
             ranking = tuple(self.reranker(ranking, questions, answers))
-        state = observe_ranking(cfg, dialogue_id, round_, d0, answers, questions, ranking)
-        return self._decide(state)
+        return observe_ranking(cfg, dialogue_id, round_, d0, answers, questions, ranking)
 
-    def _decide(self, state: DialogueState) -> DialogueState:
-        reason = stop_reason(self.config, state)
-        if reason is None:
-            question = self.questioner.ask(state)
-            if question is None:
-                reason = "no_question"
-            elif any(question.key == q.key for q in state.questions):
-                raise RuntimeError(f"questioner {self.questioner.name} repeated {question}")
-            else:
-                return replace(state, pending_question=question)
-        return replace(state, done=True, stop_reason=reason)
+    def _decide_many(self, states: Sequence[DialogueState]) -> list[DialogueState]:
+        """Stop or attach the next question; undecided states are asked in ONE call when
+        the questioner batches (`ask_many`, e.g. a VLM on a GPU)."""
+        reasons = [stop_reason(self.config, s) for s in states]
+        open_ = [s for s, r in zip(states, reasons, strict=True) if r is None]
+        ask_many = getattr(self.questioner, "ask_many", None)
+        if ask_many is not None and len(open_) > 1:
+            asked = list(ask_many(open_))
+        else:
+            asked = [self.questioner.ask(s) for s in open_]
+        questions = iter(asked)
+        out = []
+        for state, reason in zip(states, reasons, strict=True):
+            if reason is None:
+                question = next(questions)
+                if question is None:
+                    reason = "no_question"
+                elif any(question.key == q.key for q in state.questions):
+                    raise RuntimeError(f"questioner {self.questioner.name} repeated {question}")
+                else:
+                    out.append(replace(state, pending_question=question))
+                    continue
+            out.append(replace(state, done=True, stop_reason=reason))
+        return out
 
     def start(self, d0: str, dialogue_id: str | None = None) -> DialogueState:
         """Round 0: retrieve with d0 alone; the state carries the first question."""
-        did = dialogue_id if dialogue_id is not None else f"dlg-{next(_ids)}"
-        return self._state(did, 0, d0, (), ())
+        return self.start_many([d0], [dialogue_id])[0]
+
+    def start_many(
+        self, d0s: Sequence[str], dialogue_ids: Sequence[str | None] | None = None
+    ) -> list[DialogueState]:
+        """Round 0 of several dialogues, their first questions asked in one batch."""
+        ids = list(dialogue_ids) if dialogue_ids is not None else [None] * len(d0s)
+        if len(ids) != len(d0s):
+            raise ValueError(f"{len(d0s)} descriptions but {len(ids)} dialogue ids")
+        return self._decide_many(
+            [
+                self._observe(did if did is not None else f"dlg-{next(_ids)}", 0, d0, (), ())
+                for d0, did in zip(d0s, ids, strict=True)
+            ]
+        )
 
     def step(self, state: DialogueState, answer: str) -> DialogueState:
         """Record the answer to `state.pending_question`, re-retrieve, pick the next question."""
-        if state.done or state.pending_question is None:
-            raise ValueError(f"dialogue {state.dialogue_id} is finished ({state.stop_reason})")
-        return self._state(
-            state.dialogue_id,
-            state.round + 1,
-            state.d0,
-            (*state.answers, answer.strip()),
-            (*state.questions, state.pending_question),
-        )
+        return self.step_many([state], [answer])[0]
+
+    def step_many(
+        self, states: Sequence[DialogueState], answers: Sequence[str]
+    ) -> list[DialogueState]:
+        """`step` for several dialogues at once (lockstep), next questions asked in one batch."""
+        if len(states) != len(answers):
+            raise ValueError(f"{len(states)} dialogues but {len(answers)} answers")
+        observed = []
+        for state, answer in zip(states, answers, strict=True):
+            if state.done or state.pending_question is None:
+                raise ValueError(f"dialogue {state.dialogue_id} is finished ({state.stop_reason})")
+            observed.append(
+                self._observe(
+                    state.dialogue_id,
+                    state.round + 1,
+                    state.d0,
+                    (*state.answers, answer.strip()),
+                    (*state.questions, state.pending_question),
+                )
+            )
+        return self._decide_many(observed)
 
     def run(
         self,

@@ -186,18 +186,55 @@ class DialogueLog:
 
 
 class _Timed:
-    """Wraps a questioner to time each `ask`."""
+    """Wraps a questioner to time each question, per dialogue (a batched call's time is
+    shared equally by the questions it produced)."""
 
     def __init__(self, inner: Questioner) -> None:
         self.inner = inner
         self.name = inner.name
-        self.ms: list[float] = []
+        self.ms: dict[str, list[float]] = {}
 
     def ask(self, state: DialogueState) -> Question | None:
         t = time.perf_counter()
         q = self.inner.ask(state)
-        self.ms.append(1000 * (time.perf_counter() - t))
+        self.ms.setdefault(state.dialogue_id, []).append(1000 * (time.perf_counter() - t))
         return q
+
+    def ask_many(self, states: Sequence[DialogueState]) -> list[Question | None]:
+        inner_many = getattr(self.inner, "ask_many", None)
+        if inner_many is None:
+            return [self.ask(s) for s in states]
+        t = time.perf_counter()
+        out: list[Question | None] = list(inner_many(states))
+        each = 1000 * (time.perf_counter() - t) / max(len(states), 1)
+        for s in states:
+            self.ms.setdefault(s.dialogue_id, []).append(each)
+        return out
+
+
+def _lockstep(
+    engine: DialogueEngine, d0s: Sequence[str], dids: Sequence[str], users: Sequence[User]
+) -> tuple[list[list[DialogueState]], list[list[float]]]:
+    """Run dialogues side by side: every round is one `step_many` (one batched question
+    call for a batching questioner). Returns each dialogue's states and its per-round wall
+    time (a batched round's time shared equally by the dialogues in it)."""
+    history = [[s] for s in engine.start_many(d0s, dids)]
+    round_ms: list[list[float]] = [[] for _ in d0s]
+    while True:
+        active = [i for i, h in enumerate(history) if not h[-1].done and h[-1].pending_question]
+        if not active:
+            return history, round_ms
+        answers = []
+        for i in active:
+            question = history[i][-1].pending_question
+            assert question is not None
+            answers.append(users[i].answer(question))
+        t = time.perf_counter()
+        stepped = engine.step_many([history[i][-1] for i in active], answers)
+        each = 1000 * (time.perf_counter() - t) / len(active)
+        for i, state in zip(active, stepped, strict=True):
+            history[i].append(state)
+            round_ms[i].append(each)
 
 
 @dataclass(frozen=True)
@@ -212,6 +249,14 @@ class EvalSettings:
     epsilon: float = 0.05
     """Answer-noise probability of the "facts" update."""
     seed: int = 0
+    batch_size: int = 1
+    """Dialogues run in lockstep, their questions asked in one batched call per round
+    (a VLM on a GPU). Above 1 the dialogues of a batch share one questioner, so keep 1 for
+    seeded rule-based questioners whose results must not depend on the batching."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 def evaluate_city(
@@ -246,43 +291,44 @@ def evaluate_city(
         else None
     )
     done = done if done is not None else {r.key for r in log.read()}
-    for i, place in enumerate(_chosen(places, settings.n, settings.seed)):
-        did = f"{place.city}:{place.place_id}:{settings.seed}"
-        key = (place.city, questioner_name, update, did)
-        if key in done:
-            continue
-        timed = _Timed(make(settings.seed * 1_000_003 + i))
+    todo = [
+        (i, place, f"{place.city}:{place.place_id}:{settings.seed}")
+        for i, place in enumerate(_chosen(places, settings.n, settings.seed))
+    ]
+    todo = [t for t in todo if (t[1].city, questioner_name, update, t[2]) not in done]
+    for start in range(0, len(todo), settings.batch_size):
+        chunk = todo[start : start + settings.batch_size]
+        timed = _Timed(make(settings.seed * 1_000_003 + chunk[0][0]))
         engine = DialogueEngine(search, timed, cfg, reranker=reranker)
-        user = make_user(place)
-        state = engine.start(place.caption, did)
-        states = [state]
-        round_ms: list[float] = []
-        while not state.done and state.pending_question is not None:
-            t = time.perf_counter()
-            state = engine.step(state, user.answer(state.pending_question))
-            round_ms.append(1000 * (time.perf_counter() - t))
-            states.append(state)
-        target = namespaced_place_id(place.city, place.place_id)
-        record = DialogueRecord(
-            city=place.city,
-            questioner=questioner_name,
-            update=update,
-            dialogue_id=did,
-            target=target,
-            d0=place.caption,
-            questions=[q.text for q in state.questions],
-            answers=list(state.answers),
-            ranks=[s.rank_of(target) for s in states],
-            stop_reason=state.stop_reason or "",
-            fallbacks=sum(q.fallback for q in state.questions),
-            question_ms=[round(x, 3) for x in timed.ms],
-            round_ms=[round(x, 3) for x in round_ms],
+        histories, round_ms = _lockstep(
+            engine,
+            [p.caption for _, p, _ in chunk],
+            [did for _, _, did in chunk],
+            [make_user(p) for _, p, _ in chunk],
         )
-        log.append(record)
-        done.add(key)
-        if on_dialogue is not None:
-            on_dialogue(record)
-        yield record
+        for (_, place, did), states, ms in zip(chunk, histories, round_ms, strict=True):
+            state = states[-1]
+            target = namespaced_place_id(place.city, place.place_id)
+            record = DialogueRecord(
+                city=place.city,
+                questioner=questioner_name,
+                update=update,
+                dialogue_id=did,
+                target=target,
+                d0=place.caption,
+                questions=[q.text for q in state.questions],
+                answers=list(state.answers),
+                ranks=[s.rank_of(target) for s in states],
+                stop_reason=state.stop_reason or "",
+                fallbacks=sum(q.fallback for q in state.questions),
+                question_ms=[round(x, 3) for x in timed.ms.get(did, [])],
+                round_ms=[round(x, 3) for x in ms],
+            )
+            log.append(record)
+            done.add((place.city, questioner_name, update, did))
+            if on_dialogue is not None:
+                on_dialogue(record)
+            yield record
 
 
 # --- Table 1 ------------------------------------------------------------------------------
