@@ -16,7 +16,7 @@ demo: setup
 	source scripts/env.sh && dlgpr demo
 
 bench: setup
-	source scripts/env.sh && python benchmarks/bench_map.py
+	source scripts/env.sh && python benchmarks/bench_map.py && python benchmarks/bench_dialogue.py
 
 clean:
 	rm -rf build install log .mypy_cache .ruff_cache .pytest_cache

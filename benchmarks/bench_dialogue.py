@@ -1,0 +1,649 @@
+"""What the ROS layer costs on top of dlgpr_core, for dialogue rounds and for speech.
+
+Everything runs in one process and every figure that matters is a ratio of two timings
+taken in the same run (these machines are shared and noisy: absolute milliseconds are
+printed for context only, never compared across runs):
+
+- round latency: publishing a person's answer (dlgpr_ros/Utterance) until the next
+  Question (or the final DialogueState) arrives, over real DDS through the brought-up
+  graph (dialogue manager -> retrieval node -> dialogue manager -> questioner node),
+  against `DialogueEngine.step` called directly with the same map, encoder, questioner and
+  the very same answers;
+- speech: flite-spoken place captions streamed as AudioChunks into the speech node, against
+  the same audio fed straight into a `SpeechPipeline` sharing the node's Whisper model:
+  real-time factor and end-of-speech -> utterance latency.
+
+ROS and direct measurements are interleaved (one dialogue / one sentence each, in turn) so
+that a load spike on the machine hits both sides rather than skewing the ratio.
+
+Run: ``make bench`` (or ``python benchmarks/bench_dialogue.py --quick`` for a smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import random
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rclpy
+from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.logging import LoggingSeverity
+from rclpy.node import Node
+from rich.console import Console
+from rich.table import Table
+
+from dlgpr_core.data.annotations import PlaceAnnotation
+from dlgpr_core.dialogue.engine import DialogueEngine
+from dlgpr_core.dialogue.user import FactUser
+from dlgpr_core.speech.pipeline import SpeechPipeline
+from dlgpr_core.speech.transcriber import Transcriber
+from dlgpr_core.speech.vad import Segment, SpeechSegmenter
+from dlgpr_ros.bringup import Graph, bringup
+from dlgpr_ros.msg import AudioChunk, DialogueState, Question, Utterance
+from dlgpr_ros.qos import TOPIC_QOS
+from dlgpr_ros.speech_node import AUDIO_QOS, SpeechNode
+
+CITY = "Benchtown"
+ENCODER = "dlgpr-lite"
+CHUNK_MS = 100
+TAIL_SILENCE_S = 1.0
+"""Silence after each sentence: longer than the node's min_silence_ms (500), so the VAD
+closes the utterance as it would for a live speaker, not the end-of-stream flush."""
+
+
+# -- statistics ---------------------------------------------------------------------------
+
+
+def _pct(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile: no interpolation, so p95 of few samples is a real sample."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else float("nan")
+
+
+# -- the map --------------------------------------------------------------------------------
+
+
+def ensure_map(root: Path, places: int, views: int) -> Path:
+    """A SynthCities city and its dlgpr-lite map, made once under `root` and then reused:
+    generating and encoding it takes longer than the measurement it serves."""
+    from dlgpr_core.data import scan_dataset
+    from dlgpr_core.mapdb.database import MapDatabase
+    from dlgpr_core.synth import generate_city
+    from dlgpr_ros.retrieval_node import load_encoder
+
+    city_dir = root / f"{CITY}-{places}x{views}"
+    done = city_dir / ".complete"
+    if done.is_file():
+        return city_dir / "map"
+    if city_dir.exists():  # an interrupted build: start over rather than trust it
+        import shutil
+
+        shutil.rmtree(city_dir)
+    generate_city(city_dir, CITY, places, views_per_place=views, seed=3, progress=False)
+    enc = load_encoder(ENCODER, None)  # the retrieval node reuses this cached load
+    with MapDatabase.create(city_dir / "map", enc.fingerprint, enc.dim) as db:
+        db.set_encoder_spec(ENCODER, None)
+        db.build(scan_dataset(city_dir, fmt="gsv"), enc, progress=False, source_kind="gsv")
+    done.write_text("ok\n")
+    return city_dir / "map"
+
+
+# -- dialogue rounds over ROS ---------------------------------------------------------------
+
+
+class RoundProbe(Node):
+    """The person's side of the protocol, with receive times taken in the callbacks (not when
+    the benchmark thread wakes up, which would add its own scheduling delay)."""
+
+    def __init__(self, graph: Graph) -> None:
+        super().__init__("dlgpr_bench_probe", context=graph.context)
+        self._cond = threading.Condition()
+        self.events: dict[str, list[tuple[float, Question | DialogueState]]] = {}
+        self._expected: str | None = None
+        self.claimed: set[str] = set()
+        self.dialogue_of: dict[str, str] = {}
+        """d0 -> id of the latest dialogue this probe started with it."""
+        self.create_subscription(
+            DialogueState, "dialogue_state", self._on_msg, TOPIC_QOS["dialogue_state"]
+        )
+        self.create_subscription(Question, "question", self._on_msg, TOPIC_QOS["question"])
+        self.pub = self.create_publisher(Utterance, "utterance", TOPIC_QOS["utterance"])
+        graph.add(self)
+
+    def _on_msg(self, msg: Question | DialogueState) -> None:
+        now = time.perf_counter()
+        with self._cond:
+            # Captions repeat across places (they are deliberately ambiguous), so an id is
+            # claimed only by the first unseen dialogue opened with the text just published.
+            if (
+                isinstance(msg, DialogueState)
+                and msg.history
+                and msg.history[0] == self._expected
+                and msg.dialogue_id not in self.claimed
+            ):
+                self.claimed.add(msg.dialogue_id)
+                self.dialogue_of[msg.history[0]] = msg.dialogue_id
+                self._expected = None
+            self.events.setdefault(msg.dialogue_id, []).append((now, msg))
+            self._cond.notify_all()
+
+    def say(self, text: str, dialogue_id: str = "", round_: int = 0) -> float:
+        """Publishes and returns the time just before publishing; without an id the text
+        opens a new dialogue, whose id the next matching state will name."""
+        msg = Utterance(dialogue_id=dialogue_id, text=text, round=round_, confidence=1.0)
+        if not dialogue_id:
+            with self._cond:
+                self._expected = text
+                self.dialogue_of.pop(text, None)
+        t = time.perf_counter()
+        self.pub.publish(msg)
+        return t
+
+    def wait_for(self, cond: Callable[[], Any], timeout: float) -> Any:
+        """Waits until `cond()` (called under the lock) returns something truthy."""
+        with self._cond:
+            result = self._cond.wait_for(cond, timeout)
+        if not result:
+            raise TimeoutError("the graph did not answer in time")
+        return result
+
+    def next_event(
+        self, did: str, start: int, round_: int, timeout: float
+    ) -> tuple[int, float, Question | DialogueState]:
+        """The first Question asked for `round_`, or the final state, at index >= start."""
+
+        def find() -> tuple[int, float, Question | DialogueState] | None:
+            for i, (t, msg) in enumerate(self.events.get(did, [])[start:], start):
+                if isinstance(msg, Question) and msg.round == round_ and msg.text.strip():
+                    return i, t, msg
+                if isinstance(msg, DialogueState) and msg.done:
+                    return i, t, msg
+            return None
+
+        found: tuple[int, float, Question | DialogueState] = self.wait_for(find, timeout)
+        return found
+
+
+@dataclass
+class RosDialogue:
+    """One dialogue as the person saw it over ROS."""
+
+    dialogue_id: str
+    d0: str
+    questions: list[str] = field(default_factory=list)
+    answers: list[str] = field(default_factory=list)
+    start_s: float = 0.0
+    """d0 published -> first question (or final state)."""
+    round_s: list[float] = field(default_factory=list)
+    """Per answered round: answer published -> next question (or final state)."""
+    status: int = 0
+
+
+def ros_dialogue(probe: RoundProbe, place: PlaceAnnotation, timeout: float) -> RosDialogue:
+    """Drives one dialogue with a FactUser answering, one message at a time."""
+    d0 = place.caption.strip()
+    user = FactUser(place)
+    t0 = probe.say(d0)
+    did: str = probe.wait_for(lambda: probe.dialogue_of.get(d0), timeout)
+    idx, t, msg = probe.next_event(did, 0, 0, timeout)
+    out = RosDialogue(did, d0, start_s=t - t0)
+    while isinstance(msg, Question):
+        answer = user.answer(msg.text)
+        out.questions.append(msg.text)
+        out.answers.append(answer)
+        t0 = probe.say(answer, did, int(msg.round) + 1)
+        idx, t, msg = probe.next_event(did, idx + 1, int(msg.round) + 1, timeout)
+        if t <= t0:
+            raise RuntimeError(f"{did}: a reply older than its answer (a mixed-up dialogue)")
+        out.round_s.append(t - t0)
+    out.status = int(msg.status)
+    return out
+
+
+@dataclass
+class DirectDialogue:
+    """The same dialogue replayed on `DialogueEngine` with the ROS dialogue's answers."""
+
+    start_s: float
+    round_s: list[float]
+    same_questions: bool
+
+
+def direct_dialogue(engine: DialogueEngine, ros: RosDialogue) -> DirectDialogue:
+    """Replaying the recorded answers makes every round retrieve exactly the text the ROS
+    round retrieved, so both sides do the same encoder and FAISS work."""
+    t0 = time.perf_counter()
+    state = engine.start(ros.d0, ros.dialogue_id)
+    start_s = time.perf_counter() - t0
+    asked: list[str] = []
+    rounds: list[float] = []
+    for answer in ros.answers:
+        if state.pending_question is None:
+            break
+        asked.append(state.pending_question.text)
+        t0 = time.perf_counter()
+        state = engine.step(state, answer)
+        rounds.append(time.perf_counter() - t0)
+    same = asked == ros.questions and len(rounds) == len(ros.round_s) and state.done
+    return DirectDialogue(start_s, rounds, same)
+
+
+@dataclass
+class RoundFigures:
+    """Section 1 of the report."""
+
+    dialogues: int
+    rounds: int
+    same_questions: int
+    ros_round_ms: list[float]
+    direct_round_ms: list[float]
+    ros_start_ms: list[float]
+    direct_start_ms: list[float]
+
+
+def bench_rounds(map_path: Path, n_dialogues: int, timeout: float) -> RoundFigures:
+    """Interleaves ROS and direct dialogues over targets drawn from the map's places."""
+    from dlgpr_core.mapdb.database import MapDatabase
+    from dlgpr_ros.questioner_node import build_questioner, load_places_by_id
+    from dlgpr_ros.retrieval_node import map_encoder
+
+    places = load_places_by_id(map_path)
+    ids = sorted(places)
+    targets = random.Random(11).sample(ids, min(len(ids), n_dialogues + 1))
+    overrides = {"map_path": str(map_path), "questioner.questioner": "info-gain"}
+    ros_runs: list[RosDialogue] = []
+    direct_runs: list[DirectDialogue] = []
+    with MapDatabase.open(map_path) as db, graph_up(overrides) as graph:
+        enc = map_encoder(db)  # the retrieval node's cached encoder: the same object
+        # The questioner node's defaults (top_k 10, seed 0) and DialogueConfig's defaults
+        # match config/dialogue.yaml, so both sides ask and stop alike.
+        engine = DialogueEngine(
+            lambda text, k: db.search(text, enc, k=k),
+            build_questioner("info-gain", places, 10, 0),
+        )
+        probe = RoundProbe(graph)
+        dm = graph.node("dialogue_manager")
+        graph.run_until(
+            lambda: (
+                probe.pub.get_subscription_count() >= 1
+                and dm._state_pub.get_subscription_count() >= 3
+            ),
+            15,
+        )
+        for i, pid in enumerate(targets):
+            ros = ros_dialogue(probe, places[pid], timeout)
+            direct = direct_dialogue(engine, ros)
+            if i == 0:
+                continue  # warm-up: first forward passes, lazy allocations, DDS matching
+            ros_runs.append(ros)
+            direct_runs.append(direct)
+        probe.destroy_node()
+    return RoundFigures(
+        dialogues=len(ros_runs),
+        rounds=sum(len(r.round_s) for r in ros_runs),
+        same_questions=sum(d.same_questions for d in direct_runs),
+        ros_round_ms=[s * 1e3 for r in ros_runs for s in r.round_s],
+        direct_round_ms=[s * 1e3 for d in direct_runs for s in d.round_s],
+        ros_start_ms=[r.start_s * 1e3 for r in ros_runs],
+        direct_start_ms=[d.start_s * 1e3 for d in direct_runs],
+    )
+
+
+@contextmanager
+def graph_up(overrides: dict[str, Any]) -> Iterator[Graph]:
+    """The typed-input graph, its INFO chatter (one log line per question) silenced so the
+    console stays readable; warnings and errors still show.
+
+    Without the console printer where bringup has one: it renders every round to stdout,
+    which would bury the report and time the terminal rather than the dialogue protocol.
+    """
+    extra: dict[str, Any] = {}
+    if "print_dialogue" in inspect.signature(bringup).parameters:
+        extra["print_dialogue"] = False
+    graph = bringup(None, overrides, "typed", **extra)
+    try:
+        for node in graph.nodes.values():
+            node.get_logger().set_level(LoggingSeverity.WARN)
+        yield graph
+    finally:
+        graph.shutdown()
+
+
+# -- speech -----------------------------------------------------------------------------------
+
+
+class TimedSegmenter(SpeechSegmenter):
+    """Remembers when the VAD closed each utterance, so the node's latency can be taken up to
+    the moment the Utterance is *received*, which its own stats cannot see."""
+
+    def __init__(self) -> None:
+        super().__init__(threshold=0.5, min_silence_ms=500)  # the node's parameter defaults
+        self.ends: list[float] = []
+
+    def push(self, chunk: np.ndarray) -> list[Segment]:
+        segs = super().push(chunk)
+        self.ends.extend(s.end_of_speech_monotonic for s in segs)
+        return segs
+
+    def flush(self) -> list[Segment]:
+        segs = super().flush()
+        self.ends.extend(s.end_of_speech_monotonic for s in segs)
+        return segs
+
+
+def spoken_sentences(texts: Sequence[str], workdir: Path) -> list[tuple[str, np.ndarray, int]]:
+    """flite renders each text (8 kHz mono int16): the voice tiny.en understands best here."""
+    import soundfile as sf
+
+    from dlgpr_core.speech.synthesize import synthesize
+
+    out = []
+    for i, text in enumerate(texts):
+        wav = synthesize(text, workdir / f"sentence_{i}.wav")
+        data, rate = sf.read(str(wav), dtype="int16")
+        out.append((text, np.asarray(data).reshape(-1), int(rate)))
+    return out
+
+
+def _chunks(samples: np.ndarray, rate: int) -> list[np.ndarray]:
+    step = rate * CHUNK_MS // 1000
+    tail = np.zeros(int(TAIL_SILENCE_S * rate), dtype=np.int16)
+    x = np.concatenate([samples, tail])
+    return [np.ascontiguousarray(x[i : i + step]) for i in range(0, len(x), step)]
+
+
+def _paced(chunks: Sequence[np.ndarray], rate: int, realtime: bool) -> Iterator[np.ndarray]:
+    """Yields chunks as a live microphone would deliver them (realtime) or all at once."""
+    start = time.monotonic()
+    sent = 0
+    for chunk in chunks:
+        if realtime:
+            time.sleep(max(0.0, start + sent / rate - time.monotonic()))
+        sent += len(chunk)
+        yield chunk
+
+
+class SpeechProbe(Node):
+    """Streams AudioChunks into the speech node and timestamps the Utterances it gets back."""
+
+    def __init__(self, context: Context, namespace: str) -> None:
+        super().__init__("dlgpr_bench_speech_probe", namespace=namespace, context=context)
+        self.audio = self.create_publisher(AudioChunk, "audio", AUDIO_QOS)
+        self._cond = threading.Condition()
+        self.received: list[tuple[float, Utterance]] = []
+        self.create_subscription(Utterance, "utterance", self._on_utt, TOPIC_QOS["utterance"])
+
+    def _on_utt(self, msg: Utterance) -> None:
+        now = time.monotonic()
+        with self._cond:
+            self.received.append((now, msg))
+            self._cond.notify_all()
+
+    def wait_count(self, n: int, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: len(self.received) >= n, timeout)
+
+
+@dataclass
+class SpeechFigures:
+    """Section 2 of the report."""
+
+    sentences: int
+    pace: str
+    audio_s: list[float]
+    node_rtf: list[float]
+    direct_rtf: list[float]
+    node_latency_ms: list[float]
+    direct_latency_ms: list[float]
+    heard: list[dict[str, str]]
+
+
+def bench_speech(texts: Sequence[str], realtime: bool, timeout: float) -> SpeechFigures:
+    """Node and direct pipeline share one Whisper model (loaded once, same weights, same
+    threads), so the ratio isolates queueing, message (de)serialisation and DDS."""
+    from dlgpr_core.speech.transcriber import create_transcriber
+
+    transcriber: Transcriber = create_transcriber("faster-whisper", language="en", vad_gate=False)
+    ns = "/dlgpr_bench_speech"
+    figures = SpeechFigures(len(texts), "realtime" if realtime else "burst", [], [], [], [], [], [])
+    with tempfile.TemporaryDirectory() as tmp:
+        sentences = spoken_sentences(texts, Path(tmp))
+    context = Context()
+    rclpy.init(context=context)
+    node_seg = TimedSegmenter()
+    speech = SpeechNode(
+        namespace=ns, context=context, pipeline=SpeechPipeline(transcriber, node_seg)
+    )
+    speech.get_logger().set_level(LoggingSeverity.WARN)
+    probe = SpeechProbe(context, ns)
+    executor = SingleThreadedExecutor(context=context)  # as the node's own main() spins it
+    executor.add_node(speech)
+    executor.add_node(probe)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    try:
+        deadline = time.monotonic() + 15
+        while (
+            probe.audio.get_subscription_count() < 1
+            or probe.count_publishers(f"{ns}/utterance") < 1
+        ):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the speech node never matched the probe")
+            time.sleep(0.02)
+        if not speech.wait_idle(120):  # model warm-up decode
+            raise TimeoutError("the speech node did not finish warming up")
+        direct = SpeechPipeline(transcriber, SpeechSegmenter(threshold=0.5, min_silence_ms=500))
+        for text, samples, rate in sentences:
+            chunks = _chunks(samples, rate)
+            # node
+            n_before, ends_before = len(probe.received), len(node_seg.ends)
+            for i, chunk in enumerate(_paced(chunks, rate, realtime)):
+                probe.audio.publish(
+                    AudioChunk(
+                        stream_id="bench",
+                        sample_rate=rate,
+                        channels=1,
+                        encoding="S16LE",
+                        data=chunk.astype("<i2").tobytes(),
+                        end_of_stream=i == len(chunks) - 1,
+                    )
+                )
+            got = probe.wait_count(n_before + 1, timeout)
+            speech.wait_idle(timeout)
+            if got and len(node_seg.ends) > ends_before:
+                t_recv, msg = probe.received[n_before]
+                figures.node_latency_ms.append((t_recv - node_seg.ends[ends_before]) * 1e3)
+                figures.node_rtf.append(speech.stats.timings[-1].real_time_factor)
+                node_text = msg.text
+            else:
+                node_text = "<nothing>"
+            # direct
+            transcripts = []
+            for chunk in _paced(chunks, rate, realtime):
+                transcripts += direct.feed(chunk, rate, 1)
+            transcripts += direct.flush()
+            if transcripts:
+                tr = transcripts[0]
+                figures.direct_latency_ms.append((tr.latency_s or 0.0) * 1e3)
+                figures.direct_rtf.append(tr.real_time_factor)
+            figures.audio_s.append(len(samples) / rate)
+            figures.heard.append(
+                {
+                    "said": text,
+                    "node": node_text,
+                    "direct": transcripts[0].text if transcripts else "<nothing>",
+                }
+            )
+    finally:
+        executor.shutdown()
+        spinner.join(timeout=5)
+        probe.destroy_node()
+        speech.destroy_node()
+        rclpy.try_shutdown(context=context)
+    return figures
+
+
+# -- report -----------------------------------------------------------------------------------
+
+
+def _row(
+    table: Table, what: str, ros: Sequence[float], direct: Sequence[float], q: float, unit: str
+) -> dict[str, float]:
+    a, b = _pct(ros, q), _pct(direct, q)
+    fmt = "{:.3f}" if unit == "" else "{:.1f}"
+    table.add_row(what, f"p{q:g}", fmt.format(a), fmt.format(b), f"{_ratio(a, b):.2f}")
+    return {"ros": round(a, 4), "direct": round(b, 4), "ratio": round(_ratio(a, b), 3)}
+
+
+def report(rounds: RoundFigures | None, speech: SpeechFigures | None, console: Console) -> dict:
+    """A rich table plus the same figures as a dict for the JSON file."""
+    table = Table(title="dlgpr: ROS layer vs dlgpr_core, measured in one run")
+    for col, justify in (
+        ("measure", "left"),
+        ("stat", "left"),
+        ("ROS / node", "right"),
+        ("direct", "right"),
+        ("ratio ROS/direct", "right"),
+    ):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    out: dict[str, Any] = {}
+    if rounds is not None:
+        r = out["rounds"] = {
+            "dialogues": rounds.dialogues,
+            "answered_rounds": rounds.rounds,
+            "dialogues_with_same_questions": rounds.same_questions,
+        }
+        for q in (50, 95):
+            r[f"round_ms_p{q}"] = _row(
+                table, "answer -> next question (ms)", rounds.ros_round_ms,
+                rounds.direct_round_ms, q, "ms",
+            )  # fmt: skip
+        r["start_ms_p50"] = _row(
+            table, "d0 -> first question (ms)", rounds.ros_start_ms, rounds.direct_start_ms,
+            50, "ms",
+        )  # fmt: skip
+    if speech is not None:
+        s = out["speech"] = {
+            "sentences": speech.sentences,
+            "pace": speech.pace,
+            "audio_s_total": round(sum(speech.audio_s), 2),
+            "transcribed_node": len(speech.node_rtf),
+            "transcribed_direct": len(speech.direct_rtf),
+            "heard": speech.heard,
+        }
+        s["rtf_p50"] = _row(table, "real-time factor", speech.node_rtf, speech.direct_rtf, 50, "")
+        for q in (50, 95):
+            s[f"eos_latency_ms_p{q}"] = _row(
+                table, "end of speech -> utterance (ms)", speech.node_latency_ms,
+                speech.direct_latency_ms, q, "ms",
+            )  # fmt: skip
+    console.print(table)
+    if rounds is not None:
+        console.print(
+            f"rounds: {rounds.rounds} answered rounds in {rounds.dialogues} dialogues; "
+            f"direct replay asked the same questions in {rounds.same_questions}/"
+            f"{rounds.dialogues}"
+        )
+    if speech is not None:
+        console.print(
+            f"speech: {speech.sentences} flite sentences ({sum(speech.audio_s):.1f} s of audio, "
+            f"{speech.pace} pace), transcribed by the node {len(speech.node_rtf)}, "
+            f"directly {len(speech.direct_rtf)}"
+        )
+        for h in speech.heard:
+            console.print(
+                f"  said {h['said']!r}\n    node   {h['node']!r}\n    direct {h['direct']!r}"
+            )
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--places", type=int, default=200, help="places of the generated map")
+    parser.add_argument("--views", type=int, default=2, help="images per place")
+    parser.add_argument("--dialogues", type=int, default=20, help="timed dialogues (+1 warm-up)")
+    parser.add_argument("--sentences", type=int, default=5, help="spoken sentences")
+    parser.add_argument(
+        "--pace",
+        choices=("realtime", "burst"),
+        default="realtime",
+        help="stream audio as a live microphone would, or as fast as possible (a bag)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 60 places, 5 dialogues, 2 sentences in a burst",
+    )
+    parser.add_argument("--skip", choices=("rounds", "speech"), action="append", default=[])
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--data", type=Path, default=Path("data/bench"), help="map cache")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per wait")
+    parser.add_argument("--json", type=Path, default=Path("results/bench_dialogue.json"))
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.places, args.dialogues, args.sentences, args.pace = 60, 5, 2, "burst"
+
+    # The graph stays on this machine, in a DDS domain of its own: a test run or a second
+    # benchmark on the same host must not answer our dialogues.
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(101, 200)))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    # Tiny models gain nothing from intra-op threads on a loaded 2-core machine.
+    torch.set_num_threads(args.threads)
+
+    console = Console()
+    t_all = time.perf_counter()
+    rounds = speech = None
+    map_path = ensure_map(args.data, args.places, args.views)
+    if "rounds" not in args.skip:
+        console.print(f"rounds: {args.dialogues} dialogues on {map_path} ...")
+        rounds = bench_rounds(map_path, args.dialogues, args.timeout)
+    if "speech" not in args.skip:
+        from dlgpr_ros.questioner_node import load_places_by_id
+
+        places = load_places_by_id(map_path)
+        texts = [places[p].caption for p in sorted(places)[: args.sentences]]
+        console.print(f"speech: {len(texts)} sentences, {args.pace} pace ...")
+        speech = bench_speech(texts, args.pace == "realtime", args.timeout)
+    figures = report(rounds, speech, console)
+    figures["config"] = {
+        "places": args.places,
+        "views": args.views,
+        "dialogues": args.dialogues,
+        "sentences": args.sentences,
+        "pace": args.pace,
+        "quick": args.quick,
+        "threads": args.threads,
+        "seconds_total": round(time.perf_counter() - t_all, 1),
+    }
+    if rounds is not None:
+        figures["raw_ms"] = {
+            k: [round(v, 3) for v in vs] for k, vs in asdict(rounds).items() if k.endswith("_ms")
+        }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(figures, indent=2))
+    console.print(f"wrote {args.json} ({figures['config']['seconds_total']} s in all)")
+
+
+if __name__ == "__main__":
+    main()
