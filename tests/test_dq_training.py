@@ -1,0 +1,284 @@
+"""DQ-pilot training: example building, GRPO rewards, SFT -> GRPO -> adapter plumbing.
+
+The VLM here is the tiny Qwen2.5-VL of `dlgpr_core.llm.tiny`, built with RANDOM WEIGHTS (no
+weights can be downloaded on these machines): its generations are noise, so the training
+tests check plumbing only (data -> trl SFTTrainer -> GRPOTrainer -> adapter that the
+questioner loads), never what the model learned. The reward tests use a scripted search
+function, a plumbing fixture with hand-chosen ranks, not a retriever.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from dlgpr_core.data.annotations import PlaceAnnotation, read_annotations
+from dlgpr_core.data.records import namespaced_place_id
+from dlgpr_core.dialogue.dq_data import (
+    DQDataConfig,
+    DQExample,
+    LexicalSearch,
+    RetrievalGainReward,
+    build_examples,
+    format_ok,
+    format_reward,
+    read_examples,
+    to_hf_dataset,
+    write_examples,
+)
+from dlgpr_core.dialogue.dq_pilot import (
+    DQPilotConfig,
+    DQPilotQuestioner,
+    ParsedOutput,
+    parse_dq_output,
+)
+from dlgpr_core.dialogue.engine import DialogueConfig, DialogueEngine
+from dlgpr_core.dialogue.questioners import InfoGainQuestioner
+from dlgpr_core.dialogue.user import FactUser
+from dlgpr_core.mapdb.report import PlaceHit
+from dlgpr_core.synth.city import generate_city
+
+REPO = Path(__file__).resolve().parent.parent
+
+DATA_CFG = DQDataConfig(
+    dialogue=DialogueConfig(max_rounds=2, top_k=5, search_k=10, confidence=None),
+    top_k_images=2,
+    image_max_side=64,
+    max_regions=2,
+)
+
+
+@pytest.fixture(scope="module")
+def city(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, PlaceAnnotation]]:
+    root = tmp_path_factory.mktemp("dq_train_city")
+    generate_city(root, "Dqtown", 10, 1, seed=3, image_size=(64, 48), progress=False)
+    places = read_annotations(root / "Annotations" / "Dqtown.jsonl")
+    return root, {namespaced_place_id(p.city, p.place_id): p for p in places}
+
+
+@pytest.fixture(scope="module")
+def examples(city: tuple[Path, dict[str, PlaceAnnotation]]) -> list[DQExample]:
+    root, by_id = city
+    places = sorted(by_id.values(), key=lambda p: p.place_id)
+    return build_examples(places, LexicalSearch(places, root), DATA_CFG)
+
+
+def _train_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "train_dq_pilot", REPO / "training" / "train_dq_pilot.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train_dq_pilot"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_examples_build_and_round_trip(
+    examples: list[DQExample], city: tuple[Path, dict[str, PlaceAnnotation]], tmp_path: Path
+) -> None:
+    _, by_id = city
+    assert len(examples) == 10 * 2  # every dialogue asks in rounds 0 and 1
+    for ex in examples:
+        parsed = parse_dq_output(ex.completion)
+        assert isinstance(parsed, ParsedOutput) and parsed.question == ex.teacher_question
+        assert format_ok(ex.completion), ex.completion
+        assert ex.target in by_id
+        assert len(ex.answers) == len(ex.questions) == ex.round
+        n_images = sum(c["type"] == "image" for c in ex.prompt[1]["content"])
+        assert n_images == len(ex.images) == 2 and all(Path(p).exists() for p in ex.images)
+        think = ex.completion.split("</think>")[0]
+        assert all(f"{i}." in think for i in (1, 2, 3, 4))
+    path = tmp_path / "ex.jsonl"
+    assert write_examples(path, examples) == len(examples)
+    assert read_examples(path) == examples
+    ds = to_hf_dataset(examples[:3], image_max_side=64)
+    assert {"prompt", "images", "completion", "target", "d0", "answers"} <= set(ds.column_names)
+    row = ds[0]
+    assert len(row["images"]) == 2 and max(row["images"][0].size) <= 64
+    assert row["completion"][0]["role"] == "assistant"
+    assert "completion" not in to_hf_dataset(examples[:1], 64, with_completion=False).column_names
+
+
+def test_training_prompt_equals_inference_prompt(
+    examples: list[DQExample], city: tuple[Path, dict[str, PlaceAnnotation]], tmp_path: Path
+) -> None:
+    root, by_id = city
+    places = sorted(by_id.values(), key=lambda p: p.place_id)
+    search = LexicalSearch(places, root)
+    # The questioner exactly as it runs at inference (backend never called by `prompt`).
+    questioner = DQPilotQuestioner(
+        DATA_CFG.prompt_config(), backend=_NoBackend(), places_by_id=by_id
+    )
+    engine = DialogueEngine(search, InfoGainQuestioner(by_id, top_k=5), DATA_CFG.dialogue)
+    stored = {ex.example_id: ex for ex in read_examples(_written(tmp_path, examples))}
+    checked = 0
+    for place in places[:3]:
+        target = namespaced_place_id(place.city, place.place_id)
+        did = f"{place.city}:{place.place_id}"
+        result = engine.run(place.caption, FactUser(place), target, dialogue_id=did)
+        for state in result.states:
+            if state.pending_question is None:
+                continue
+            messages, images = questioner.prompt(state)
+            ex = stored[f"{did}:r{state.round}"]
+            assert ex.prompt == messages
+            assert len(ex.images) == len(images)
+            assert [i.size for i in images] == [
+                im.size for im in to_hf_dataset([ex], DATA_CFG.image_max_side)[0]["images"]
+            ]
+            checked += 1
+    assert checked == 6
+
+
+def _written(tmp_path: Path, examples: list[DQExample]) -> Path:
+    path = tmp_path / "examples.jsonl"
+    write_examples(path, examples)
+    return path
+
+
+class _NoBackend:
+    def generate(self, *args: Any, **kwargs: Any) -> list[str]:
+        raise AssertionError("prompt() must not generate")
+
+
+# ---------------------------------------------------------------- rewards
+
+
+def test_format_reward_values() -> None:
+    good = "<think>a</think><question>Is there a bank?</question>"
+    conv = [{"role": "assistant", "content": good}]
+    cases = [
+        good,
+        conv,
+        "<question>Is there a bank?</question><think>a</think>",  # wrong order
+        "<think>a</think><think>b</think><question>Is there a bank?</question>",  # two thinks
+        "<think>a</think><question> </question>",  # empty
+        "<think>a</think><question>Is it red? Is it big?</question>",  # two questions
+        "Is there a bank?",
+    ]
+    assert format_reward(cases) == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def _scripted_search(
+    target: str, others: list[str], rank_of: Callable[[str], int]
+) -> Callable[[str, int], list[PlaceHit]]:
+    """Plumbing fixture: puts `target` at the 1-indexed rank `rank_of(query)`."""
+
+    def search(text: str, k: int) -> list[PlaceHit]:
+        order = list(others)
+        order.insert(rank_of(text) - 1, target)
+        return [
+            PlaceHit(i + 1, 1.0 - 0.1 * i, pid, 0.0, 0.0, "", i, "Dqtown", "/")
+            for i, pid in enumerate(order[:k])
+        ]
+
+    return search
+
+
+def test_retrieval_gain_reward_hand_computed(city: tuple[Path, dict[str, PlaceAnnotation]]) -> None:
+    _, by_id = city
+    target = sorted(by_id)[0]
+    place = by_id[target]
+    present = sorted({e.category for e in place.elements} - {"street"})[0]
+    absent = next(
+        c
+        for c in ("fountain", "statue", "phone booth", "bench", "church", "bank")
+        if c not in {e.category for e in place.elements}
+    )
+    user = FactUser(place)
+    assert user.answer(f"Is there a {present}?").startswith("Yes")
+    art = "an" if absent[0] in "aeiou" else "a"
+    assert user.answer(f"Is there {art} {absent}?").startswith("No")
+
+    d0 = "A street."
+
+    def rank_of(text: str) -> int:
+        # before any answer: rank 4; an appended "Yes" answer lifts the target to 2, a "No"
+        # answer leaves it, "I don't know." pushes it to 5.
+        if "Yes" in text:
+            return 2
+        if "I don't know" in text:
+            return 5
+        return 4
+
+    others = [pid for pid in sorted(by_id) if pid != target][:5]
+    reward = RetrievalGainReward(by_id, _scripted_search(target, others, rank_of), search_k=6)
+    c = [1 / math.log2(r + 1) for r in range(7)[1:]]  # c[r-1] = 1/log2(r+1)
+    up = (c[1] - c[3]) / (1 - c[3])  # rank 4 -> 2: (0.6309 - 0.4307) / 0.5693 = 0.3517
+    down = (c[4] - c[3]) / (1 - c[3])  # rank 4 -> 5: -0.0770
+    assert up == pytest.approx(0.351739, abs=1e-6) and down == pytest.approx(-0.076975, abs=1e-6)
+    completions = [
+        f"<think>x</think><question>Is there a {present}?</question>",
+        f"<think>x</think><question>Is there {art} {absent}?</question>",
+        "<think>x</think><question>What is the name of the street?</question>",
+        f"<question>Is there a {present}?</question>",  # no think: format 0, reward 0
+        f"<think>x</think><question>Is there a {present}?</question>",  # asked before: 0
+    ]
+    n = len(completions)
+    out = reward(
+        completions,
+        target=[target] * n,
+        d0=[d0] * n,
+        questions=[[]] * 4 + [[f"Is there a {present}?"]],
+        answers=[[]] * 4 + [["Maybe."]],
+    )
+    assert user.answer("What is the name of the street?") == "I don't know."
+    assert out == pytest.approx([up, 0.0, down, 0.0, 0.0], abs=1e-9)
+    # the "before" query of the four first completions was searched once (cache)
+    assert (d0, target) in reward._cache
+
+
+# ---------------------------------------------------------------- SFT -> GRPO -> questioner
+
+
+def test_sft_then_grpo_produce_a_loadable_adapter(
+    city: tuple[Path, dict[str, PlaceAnnotation]], tmp_path: Path, single_thread: None
+) -> None:
+    # Random-weight tiny model: 2 SFT steps and 2 GRPO steps on CPU; outputs are noise.
+    root, by_id = city
+    mod = _train_module()
+    cfg = mod.DQTrainConfig.from_yaml(
+        REPO / "training" / "configs" / "dq_pilot_tiny.yaml",
+        [
+            f"model=tiny:{tmp_path / 'model'}",
+            f"out_dir={tmp_path / 'run'}",
+            f"data.data_root={root}",
+            "data.max_places=2",
+            "sft.batch_size=1",
+            "grpo.batch_size=2",
+            "grpo.num_generations=2",
+            "grpo.max_completion_length=8",
+        ],
+    )
+    produced = mod.train(cfg)
+    for stage in ("sft", "grpo"):
+        adapter = Path(produced[stage])
+        assert (adapter / "adapter_config.json").exists()
+        assert (adapter / "adapter_model.safetensors").exists()
+    history = (Path(produced["grpo"]) / "log_history.json").read_text()
+    assert "rewards/retrieval_gain/mean" in history and "rewards/format_reward/mean" in history
+
+    pcfg = cfg.data_config().prompt_config(model=str(tmp_path / "model"), adapter=produced["grpo"])
+    q = DQPilotQuestioner(
+        DQPilotConfig(**{**pcfg.__dict__, "device": "cpu", "max_new_tokens": 8}),
+        places_by_id=by_id,
+    )
+    assert q.name == "dq-pilot"
+    places = sorted(by_id.values(), key=lambda p: p.place_id)
+    engine = DialogueEngine(
+        LexicalSearch(places, root), q, DialogueConfig(max_rounds=1, top_k=2, confidence=None)
+    )
+    state = engine.start(places[0].caption, "e2e")
+    assert state.pending_question is not None  # model output or its fallback
+    assert q.stats.asked == 1 and q.stats.generate_calls >= 1

@@ -1,0 +1,469 @@
+"""Train DQ-pilot (paper Sec. 4.3): LoRA SFT on teacher dialogues, then GRPO with
+R = alpha * R_prg + beta * R_fmt, from one YAML config plus dotted overrides.
+
+    # tiny plumbing run on a CPU (random-weight Qwen2.5-VL built on demand; outputs are noise)
+    python training/train_dq_pilot.py --config training/configs/dq_pilot_tiny.yaml \
+        data.data_root=/tmp/synth out_dir=runs/dq_tiny
+
+    # the 7B run on a GPU machine: build the examples once (single process, uses the map's
+    # retriever), then SFT and GRPO on all GPUs (bf16, LoRA; DDP through accelerate)
+    python training/train_dq_pilot.py --config training/configs/dq_pilot_qwen7b.yaml stage=data
+    accelerate launch --num_processes 2 training/train_dq_pilot.py \
+        --config training/configs/dq_pilot_qwen7b.yaml stage=sft
+    accelerate launch --num_processes 2 training/train_dq_pilot.py \
+        --config training/configs/dq_pilot_qwen7b.yaml stage=grpo
+    # (torchrun --nproc_per_node=2 training/train_dq_pilot.py ... works the same way)
+
+Stages: ``data`` writes ``<out_dir>/examples.jsonl``; ``sft`` trains a LoRA adapter into
+``<out_dir>/sft``; ``grpo`` continues that adapter (``grpo.init_adapter`` overrides) into
+``<out_dir>/grpo``; ``all`` runs the three in turn. Each stage reuses an existing
+examples file, so every rank of a multi-GPU run reads the same examples. The resolved config
+is written to ``<out_dir>/dq_train_config.yaml``. The trained adapter runs with
+``DQPilotConfig(model=<base>, adapter=<out_dir>/grpo, top_k_images=..., image_max_side=...,
+max_regions=...)`` using the ``data`` prompt settings of the config (they shape the prompt).
+
+The model path ``tiny:<dir>`` builds a random-weight tiny Qwen2.5-VL into ``<dir>`` when it
+is missing (`dlgpr_core.llm.tiny`): plumbing only, never a result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from dlgpr_core.data.annotations import PlaceAnnotation, read_annotations
+from dlgpr_core.data.records import namespaced_place_id
+from dlgpr_core.dialogue.dq_data import (
+    DQDataConfig,
+    DQExample,
+    LexicalSearch,
+    RetrievalGainReward,
+    build_examples,
+    format_reward,
+    read_examples,
+    to_hf_dataset,
+    write_examples,
+)
+from dlgpr_core.dialogue.engine import DialogueConfig, SearchFn
+
+log = logging.getLogger("train_dq_pilot")
+
+TINY_PREFIX = "tiny:"
+EXAMPLES_FILE = "examples.jsonl"
+CONFIG_DUMP = "dq_train_config.yaml"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used, with the offending key named."""
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors, so a typo never falls back to a default silently.
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSection(_Strict):
+    """Where dialogues come from and the prompt settings (they must match inference)."""
+
+    data_root: Path = Path("data/synth")
+    cities: list[str] = Field(default_factory=lambda: ["Traintown"], min_length=1)
+    max_places: int | None = Field(default=None, ge=1)
+    """Dialogue targets per city (first places by id); None: all."""
+    examples: Path | None = None
+    """A prebuilt examples JSONL; None: <out_dir>/examples.jsonl, built when missing."""
+    max_rounds: int = Field(default=5, ge=1)
+    top_k: int = Field(default=10, ge=1)
+    """Candidates the teacher weighs (the engine's top_k)."""
+    top_k_images: int = Field(default=5, ge=1)
+    image_max_side: int = Field(default=448, ge=28)
+    max_regions: int = Field(default=6, ge=0)
+    min_prg: float | None = None
+    """The paper's tau_1 filter on the teacher's rounds; None keeps every round."""
+
+
+class RetrievalSection(_Strict):
+    """The search used to build dialogues and to compute R_prg."""
+
+    kind: Literal["lexical", "map"] = "lexical"
+    """lexical: TF-IDF over descriptions (CPU stand-in); map: a built map + its encoder."""
+    map_dir: Path | None = None
+    encoder: str | None = None
+    """Encoder spec; None: the one the map recorded."""
+    checkpoint: Path | None = None
+    search_k: int | None = Field(default=None, ge=1)
+    """Places per search; None: the whole map, so ranks are whole-map ranks."""
+
+
+class LoraSection(_Strict):
+    r: int = Field(default=16, ge=1)
+    alpha: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+
+
+class SFTSection(_Strict):
+    max_steps: int = Field(default=-1)
+    epochs: float = Field(default=1.0, gt=0)
+    lr: float = Field(default=1e-4, gt=0)
+    batch_size: int = Field(default=1, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    warmup_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+    max_length: int | None = Field(default=None, ge=16)
+    grad_checkpointing: bool = False
+
+
+class GRPOSection(_Strict):
+    init_adapter: Path | None = None
+    """Adapter to continue; None: <out_dir>/sft (the paper's SFT-then-GRPO)."""
+    max_steps: int = Field(default=-1)
+    epochs: float = Field(default=1.0, gt=0)
+    lr: float = Field(default=1e-6, gt=0)
+    batch_size: int = Field(default=4, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    num_generations: int = Field(default=4, ge=2)
+    max_completion_length: int = Field(default=512, ge=1)
+    temperature: float = Field(default=1.0, gt=0)
+    kl_beta: float = Field(default=0.0, ge=0.0)
+    """KL coefficient of GRPO (trl's `beta`); not the reward weight below."""
+    reward_alpha: float = 1.0
+    """Weight of R_prg (paper Eq. 9, alpha; no value given in the paper)."""
+    reward_beta: float = 0.5
+    """Weight of R_fmt (paper Eq. 9, beta; no value given in the paper)."""
+    grad_checkpointing: bool = False
+
+
+class DQTrainConfig(_Strict):
+    """Everything a run depends on; written beside the adapters."""
+
+    model: str = "Qwen/Qwen2.5-VL-7B-Instruct"
+    """Hub id, local directory, or tiny:<dir> (built on demand, random weights)."""
+    stage: Literal["data", "sft", "grpo", "all"] = "all"
+    out_dir: Path = Path("runs/dq_pilot")
+    seed: int = 0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    use_cpu: bool = False
+    logging_steps: int = Field(default=1, ge=1)
+    data: DataSection = Field(default_factory=DataSection)
+    retrieval: RetrievalSection = Field(default_factory=RetrievalSection)
+    lora: LoraSection = Field(default_factory=LoraSection)
+    sft: SFTSection = Field(default_factory=SFTSection)
+    grpo: GRPOSection = Field(default_factory=GRPOSection)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: Sequence[str] = ()) -> DQTrainConfig:
+        """YAML, then dotted ``key=value`` overrides parsed as YAML (``sft.lr=1e-4``)."""
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a training config must be a YAML mapping")
+        for item in overrides:
+            key, sep, raw = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"override {item!r} is not key=value")
+            _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            lines = [f"{path}: invalid DQ-pilot training config"]
+            for e in err.errors():
+                lines.append(f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}")
+            raise ConfigError("\n".join(lines)) from err
+
+    def data_config(self, search_k: int | None = None) -> DQDataConfig:
+        """The example builder's settings (and so the inference prompt settings);
+        `search_k` is the searches' k (the map size: whole-map ranks for teacher PRG)."""
+        d = self.data
+        return DQDataConfig(
+            dialogue=DialogueConfig(
+                max_rounds=d.max_rounds,
+                top_k=d.top_k,
+                search_k=max(d.top_k, search_k or self.retrieval.search_k or d.top_k),
+                confidence=None,
+            ),
+            top_k_images=d.top_k_images,
+            image_max_side=d.image_max_side,
+            max_regions=d.max_regions,
+            min_prg=d.min_prg,
+        )
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key!r}: {part!r} is not a mapping")
+        node = child
+    node[parts[-1]] = value
+
+
+# --------------------------------------------------------------------------- data / search
+
+
+def load_places(cfg: DQTrainConfig) -> list[PlaceAnnotation]:
+    """The targets: each city's annotations, first `max_places` by place id."""
+    out: list[PlaceAnnotation] = []
+    for city in cfg.data.cities:
+        path = cfg.data.data_root / "Annotations" / f"{city}.jsonl"
+        if not path.exists():
+            raise FileNotFoundError(f"no annotations for {city}: expected {path}")
+        places = sorted(read_annotations(path), key=lambda p: p.place_id)
+        out.extend(places[: cfg.data.max_places] if cfg.data.max_places else places)
+    return out
+
+
+def make_search(cfg: DQTrainConfig, places: Sequence[PlaceAnnotation]) -> tuple[SearchFn, int]:
+    """The search callable and its k (whole map unless `retrieval.search_k` is set)."""
+    r = cfg.retrieval
+    if r.kind == "lexical":
+        return LexicalSearch(places, cfg.data.data_root.resolve()), r.search_k or len(places)
+    if r.map_dir is None:
+        raise ConfigError("retrieval.kind=map needs retrieval.map_dir")
+    from dlgpr_core.dialogue.evaluate import map_search
+    from dlgpr_core.encoders.factory import create_encoder
+    from dlgpr_core.mapdb.database import MapDatabase
+
+    db = MapDatabase.open(r.map_dir)
+    spec = db.encoder_spec()
+    name = r.encoder or spec.get("name") or "dlgpr-lite"
+    ckpt = r.checkpoint or (Path(spec["checkpoint"]) if spec.get("checkpoint") else None)
+    encoder = create_encoder(name, checkpoint=ckpt)
+    return map_search(db, encoder), r.search_k or db.info().n_places
+
+
+def examples_path(cfg: DQTrainConfig) -> Path:
+    return cfg.data.examples or cfg.out_dir / EXAMPLES_FILE
+
+
+def get_examples(
+    cfg: DQTrainConfig, places: Sequence[PlaceAnnotation], search: SearchFn, search_k: int
+) -> list[DQExample]:
+    """Read the examples file, building it first when missing (rank 0 only)."""
+    path = examples_path(cfg)
+    if not path.exists():
+        if int(os.environ.get("RANK", "0")) != 0:
+            raise FileNotFoundError(f"{path} missing: run stage=data once before a multi-GPU run")
+        examples = build_examples(places, search, cfg.data_config(search_k))
+        write_examples(path, examples)
+        log.info("wrote %d examples to %s", len(examples), path)
+    return read_examples(path)
+
+
+# --------------------------------------------------------------------------- model
+
+
+def resolve_model(spec: str, seed: int) -> str:
+    """A loadable model path or hub id; ``tiny:<dir>`` is built there when missing."""
+    if not spec.startswith(TINY_PREFIX):
+        return spec
+    directory = Path(spec[len(TINY_PREFIX) :])
+    if not (directory / "config.json").exists():
+        from dlgpr_core.llm.tiny import build_tiny_qwen2_5_vl
+
+        build_tiny_qwen2_5_vl(directory, seed=seed)
+    return str(directory)
+
+
+def _dtype(precision: str) -> Any:
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def load_base(cfg: DQTrainConfig) -> tuple[Any, Any]:
+    """Base VLM and its processor (the processor is trl's `processing_class`)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    path = resolve_model(cfg.model, cfg.seed)
+    processor = AutoProcessor.from_pretrained(path)
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=_dtype(cfg.precision))
+    return model, processor
+
+
+def _common_args(cfg: DQTrainConfig, out: Path) -> dict[str, Any]:
+    return {
+        "output_dir": str(out / "trainer"),
+        "seed": cfg.seed,
+        "data_seed": cfg.seed,
+        "use_cpu": cfg.use_cpu,
+        "bf16": cfg.precision == "bf16",
+        "fp16": cfg.precision == "fp16",
+        "logging_steps": cfg.logging_steps,
+        "save_strategy": "no",
+        "report_to": "none",
+        "dataloader_num_workers": 0,
+    }
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def run_sft(cfg: DQTrainConfig, examples: Sequence[DQExample]) -> Path:
+    """LoRA SFT on the teacher completions (loss on the completion only)."""
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    out = cfg.out_dir / "sft"
+    model, processor = load_base(cfg)
+    s = cfg.sft
+    args = SFTConfig(
+        **_common_args(cfg, out),
+        max_steps=s.max_steps,
+        num_train_epochs=s.epochs,
+        learning_rate=s.lr,
+        per_device_train_batch_size=s.batch_size,
+        gradient_accumulation_steps=s.grad_accum,
+        warmup_steps=s.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        max_length=s.max_length,
+        gradient_checkpointing=s.grad_checkpointing,
+        completion_only_loss=True,
+    )
+    lora = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=list(cfg.lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    dataset = to_hf_dataset(examples, cfg.data.image_max_side, with_completion=True)
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=processor,
+        peft_config=lora,
+    )
+    trainer.train()
+    _save(trainer, processor, out, cfg)
+    return out
+
+
+def run_grpo(
+    cfg: DQTrainConfig,
+    examples: Sequence[DQExample],
+    places: Sequence[PlaceAnnotation],
+    search: SearchFn,
+    search_k: int,
+) -> Path:
+    """GRPO from the SFT adapter with R = alpha * R_prg + beta * R_fmt (paper Eq. 9)."""
+    from peft import PeftModel
+    from trl import GRPOConfig, GRPOTrainer
+
+    init = cfg.grpo.init_adapter or cfg.out_dir / "sft"
+    if not (init / "adapter_config.json").exists():
+        raise FileNotFoundError(f"no adapter to continue at {init}: run stage=sft first")
+    out = cfg.out_dir / "grpo"
+    base, processor = load_base(cfg)
+    model = PeftModel.from_pretrained(base, str(init), is_trainable=True)
+    g = cfg.grpo
+    args = GRPOConfig(
+        **_common_args(cfg, out),
+        max_steps=g.max_steps,
+        num_train_epochs=g.epochs,
+        learning_rate=g.lr,
+        per_device_train_batch_size=g.batch_size,
+        gradient_accumulation_steps=g.grad_accum,
+        num_generations=g.num_generations,
+        max_completion_length=g.max_completion_length,
+        temperature=g.temperature,
+        beta=g.kl_beta,
+        reward_weights=[g.reward_alpha, g.reward_beta],
+        gradient_checkpointing=g.grad_checkpointing,
+    )
+    by_id = {namespaced_place_id(p.city, p.place_id): p for p in places}
+    reward = RetrievalGainReward(by_id, search, search_k)
+    dataset = to_hf_dataset(examples, cfg.data.image_max_side, with_completion=False)
+    # trl types reward callables as returning list[float | None]; lists are invariant.
+    reward_funcs: list[Any] = [reward, format_reward]  # order matches reward_weights
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=args,
+        train_dataset=dataset,
+        processing_class=processor,
+    )
+    trainer.train()
+    _save(trainer, processor, out, cfg)
+    return out
+
+
+def _save(trainer: Any, processor: Any, out: Path, cfg: DQTrainConfig) -> None:
+    # Only the adapter is saved (save_pretrained of the peft model), plus the processor so
+    # the directory is self-describing; the base model is named in the config dump.
+    if not _is_main():
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    model.save_pretrained(str(out))
+    processor.save_pretrained(str(out))
+    history = [dict(h) for h in trainer.state.log_history]
+    (out / "log_history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
+    log.info("saved adapter to %s", out)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def train(cfg: DQTrainConfig) -> dict[str, str]:
+    """Run the configured stage(s); returns the produced paths by name."""
+    from transformers import set_seed
+
+    set_seed(cfg.seed)
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    if _is_main():
+        dump = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+        (cfg.out_dir / CONFIG_DUMP).write_text(dump, encoding="utf-8")
+    places = load_places(cfg)
+    search, search_k = make_search(cfg, places)
+    examples = get_examples(cfg, places, search, search_k)
+    if not examples:
+        raise RuntimeError("no training examples: the teacher asked no question")
+    produced = {"examples": str(examples_path(cfg))}
+    if cfg.stage in ("sft", "all"):
+        set_seed(cfg.seed)
+        produced["sft"] = str(run_sft(cfg, examples))
+    if cfg.stage in ("grpo", "all"):
+        set_seed(cfg.seed)
+        produced["grpo"] = str(run_grpo(cfg, examples, places, search, search_k))
+    return produced
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--config", type=Path, required=True, help="training YAML")
+    ap.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    args = ap.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if _is_main() else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        cfg = DQTrainConfig.from_yaml(args.config, args.overrides)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    produced = train(cfg)
+    if _is_main():
+        print(json.dumps(produced, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
