@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import rclpy
 import yaml
@@ -28,7 +28,23 @@ from rclpy.parameter import Parameter
 
 from dlgpr_ros.graph import INPUT_MODES, PlannedNode, launch_plan
 
+if TYPE_CHECKING:
+    from dlgpr_ros.bag import BagRecorder
+
 log = logging.getLogger(__name__)
+
+DIALOGUE_TOPICS: tuple[tuple[str, str], ...] = (
+    ("utterance", "dlgpr_ros/msg/Utterance"),
+    ("typed_text", "std_msgs/msg/String"),
+    ("audio", "dlgpr_ros/msg/AudioChunk"),
+    ("retrieval_request", "dlgpr_ros/msg/RetrievalRequest"),
+    ("candidates", "dlgpr_ros/msg/CandidateList"),
+    ("dialogue_state", "dlgpr_ros/msg/DialogueState"),
+    ("question", "dlgpr_ros/msg/Question"),
+    ("localization", "dlgpr_ros/msg/Localization"),
+)
+"""Every topic a dialogue travels on, inputs and outputs: what `--record` captures, so a
+bag holds enough to replay the inputs and compare every output."""
 
 
 def _activate(node: LifecycleNode) -> None:
@@ -65,7 +81,24 @@ class Graph:
         self.nodes: dict[str, Node] = {}
         self.skipped: dict[str, str] = {}
         """Optional nodes that could not be imported, with the reason."""
+        self.recorder: BagRecorder | None = None
+        self._recorder_node: Node | None = None
         self._thread: threading.Thread | None = None
+
+    def record(self, path: Path | str) -> BagRecorder:
+        """Records every dialogue topic into a rosbag2 MCAP bag at `path` until shutdown.
+
+        The recorder has a node of its own rather than borrowing a planned one: nodes are
+        stopped and restarted (tests, crashes), and the recording must outlive them."""
+        from dlgpr_ros.bag import BagRecorder
+
+        if self.recorder is not None:
+            raise RuntimeError(f"already recording to {self.recorder.path}")
+        node = Node("dlgpr_recorder", namespace=self.namespace, context=self.context)
+        self._recorder_node = node
+        self.recorder = BagRecorder(node, path, list(DIALOGUE_TOPICS))
+        self.executor.add_node(node)
+        return self.recorder
 
     def start(self, name: str) -> Node | None:
         """Creates (or re-creates) a planned node and adds it to the executor."""
@@ -123,6 +156,13 @@ class Graph:
         if self._thread is not None:
             self._thread.join(timeout=10.0)
             self._thread = None
+        if self.recorder is not None:
+            # the MCAP footer is written here; without it the bag is unreadable
+            self.recorder.close()
+        if self._recorder_node is not None:
+            self.executor.remove_node(self._recorder_node)
+            self._recorder_node.destroy_node()
+            self._recorder_node = None
         for name in list(self.nodes):
             self.stop(name)
         rclpy.try_shutdown(context=self.context)
@@ -140,15 +180,30 @@ def bringup(
     input_mode: str = "typed",
     *,
     simulate: bool = False,
+    print_dialogue: bool = True,
     namespace: str = "",
     nodes_path: Path | str | None = None,
     spin: bool = True,
+    record: Path | str | None = None,
 ) -> Graph:
     """Starts the planned nodes (see `graph.launch_plan`) and, with `spin`, spins them in a
-    background thread; use the result as a context manager or call `shutdown()`."""
-    plan = launch_plan(config_path, overrides, input_mode, simulate=simulate, nodes_path=nodes_path)
+    background thread; use the result as a context manager or call `shutdown()`.
+
+    With `record`, every dialogue topic is recorded into a bag there (see `Graph.record`);
+    the recorder starts before the nodes so that discovery has begun by their first message.
+    """
+    plan = launch_plan(
+        config_path,
+        overrides,
+        input_mode,
+        simulate=simulate,
+        print_dialogue=print_dialogue,
+        nodes_path=nodes_path,
+    )
     graph = Graph(plan, namespace=namespace)
     try:
+        if record is not None:
+            graph.record(record)
         for planned in plan:
             graph.start(planned.name)
     except BaseException:
@@ -215,6 +270,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run a simulated user looking for this place (repeatable)",
     )
     ap.add_argument("--set", action="append", default=[], metavar="[NODE.]PARAM=VALUE")
+    ap.add_argument(
+        "--record", type=Path, default=None, metavar="PATH", help="record a rosbag2 bag here"
+    )
+    ap.add_argument("--quiet", action="store_true", help="do not print the dialogue")
     args = ap.parse_args(argv)
     overrides = _parse_set(args.set)
     if args.map:
@@ -230,9 +289,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides,
         args.input,
         simulate=bool(args.simulate),
+        print_dialogue=not args.quiet,
         namespace=args.namespace,
         nodes_path=args.nodes,
         spin=False,
+        record=args.record,
     )
     try:
         graph.executor.spin()

@@ -26,6 +26,7 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 
+from dlgpr_core.dialogue.consistency import FactConsistencyReranker
 from dlgpr_core.dialogue.engine import DialogueConfig, observe_ranking, stop_reason
 from dlgpr_ros import conversions
 from dlgpr_ros.msg import (
@@ -96,6 +97,24 @@ class DialogueManagerNode(Node):
         )
         self.declare_parameter("speak", False, d(description="Speak questions with espeak-ng."))
         self.declare_parameter("voice", "en", d(description="espeak-ng voice."))
+        self.declare_parameter(
+            "update",
+            "text",
+            d(
+                description="Belief update: 'text' (the paper: answers only extend the query) "
+                "or 'facts' (also re-rank by agreement with the map's annotations)."
+            ),
+        )
+        self.declare_parameter("map_path", "", d(description="Map (annotations for facts)."))
+        self.declare_parameter("annotations", "", d(description="Annotations dir override."))
+        self.declare_parameter(
+            "epsilon", 0.05, d(description="facts: chance a truthful answer contradicts them.")
+        )
+        self.declare_parameter(
+            "id_prefix",
+            "",
+            d(description="Dialogue id prefix; empty: random (set it to replay a bag's answers)."),
+        )
         p = self.get_parameter
         self.config = DialogueConfig(
             max_rounds=int(p("max_rounds").value),
@@ -110,10 +129,12 @@ class DialogueManagerNode(Node):
         self.max_finished = int(p("max_finished").value)
         self.speak = bool(p("speak").value)
         self.voice = str(p("voice").value)
+        self.update = str(p("update").value)
+        self.reranker = self._build_reranker()
         self.dialogues: OrderedDict[str, Dialogue] = OrderedDict()
         self.counters: Counter[str] = Counter()
         self._speakers: list[subprocess.Popen[bytes]] = []
-        self._prefix = uuid.uuid4().hex[:6]
+        self._prefix = str(p("id_prefix").value) or uuid.uuid4().hex[:6]
         self._next = 0
 
         group = MutuallyExclusiveCallbackGroup()
@@ -144,6 +165,25 @@ class DialogueManagerNode(Node):
             Question, "question", self._on_question, TOPIC_QOS["question"], callback_group=group
         )
         self.create_timer(max(0.05, min(0.5, self.timeout / 4)), self._on_timer, group)
+
+    def _build_reranker(self) -> FactConsistencyReranker | None:
+        """Fails at start-up on an unknown mode or a map without annotations: a robot
+        silently falling back to the text update would be localising differently than
+        configured."""
+        if self.update == "text":
+            return None
+        if self.update != "facts":
+            raise ValueError(f"update must be 'text' or 'facts', got {self.update!r}")
+        from dlgpr_ros.questioner_node import load_places_by_id
+
+        p = self.get_parameter
+        places = load_places_by_id(str(p("map_path").value), str(p("annotations").value))
+        if not places:
+            raise ValueError("update=facts needs annotated places, the map has none")
+        # the belief temperature, so that a contradiction costs exactly a factor epsilon
+        return FactConsistencyReranker(
+            places, epsilon=float(p("epsilon").value), temperature=self.config.temperature
+        )
 
     # -- helpers ------------------------------------------------------------------
     def _stamp(self) -> Any:
@@ -265,16 +305,17 @@ class DialogueManagerNode(Node):
             self.counters["stale_candidates"] += 1  # a re-sent request answered twice
             return
         hits = tuple(conversions.hit(c) for c in msg.candidates)
+        questions = tuple(conversions.core_question(q) for q in d.questions)
+        answers = tuple(d.history[1:])
+        if self.reranker is not None:
+            hits = tuple(self.reranker(hits, questions, answers))
         core = observe_ranking(
-            self.config,
-            d.dialogue_id,
-            d.round,
-            d.history[0],
-            tuple(d.history[1:]),
-            tuple(conversions.core_question(q) for q in d.questions),
-            hits,
+            self.config, d.dialogue_id, d.round, d.history[0], answers, questions, hits
         )
-        d.candidates = list(msg.candidates[: self.config.top_k])
+        if self.reranker is None:
+            d.candidates = list(msg.candidates[: self.config.top_k])
+        else:  # the questioner must see the re-ranked belief, as the core engine's does
+            d.candidates = [conversions.candidate(h) for h in hits[: self.config.top_k]]
         d.confidence = core.confidence
         d.resends = 0
         reason = stop_reason(self.config, core)

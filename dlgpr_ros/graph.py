@@ -138,12 +138,14 @@ def launch_plan(
     input_mode: str = "typed",
     *,
     simulate: bool = False,
+    print_dialogue: bool = True,
     nodes_path: Path | str | None = None,
 ) -> list[PlannedNode]:
-    """The enabled nodes with their final parameters, in start order."""
+    """The enabled nodes with their final parameters, in start order (`print_dialogue`:
+    the console printer, on by default so a person at the robot sees the dialogue)."""
     if input_mode not in INPUT_MODES:
         raise ValueError(f"input mode must be one of {INPUT_MODES}, got {input_mode!r}")
-    conditions = {"input": input_mode, "simulate": simulate}
+    conditions = {"input": input_mode, "simulate": simulate, "print": print_dialogue}
     sections = load_parameters(config_path)
     plan = []
     for spec in load_node_specs(nodes_path):

@@ -33,6 +33,9 @@ class _UserSide(Node):
         self._lock = threading.Lock()
         self._pending: dict[str, str] = {}
         """First text -> owner key, until the manager's first state names the id."""
+        self._pending_any: str | None = None
+        """Owner of the next dialogue started by someone else (a spoken description, whose
+        text is only known once Whisper has heard it)."""
         self.owner_of: dict[str, str] = {}
         """Dialogue id -> owner key."""
         self.states: dict[str, list[DialogueState]] = {}
@@ -71,6 +74,8 @@ class _UserSide(Node):
         with self._lock:
             if msg.dialogue_id not in self.owner_of and msg.history:
                 owner = self._pending.pop(msg.history[0], None)
+                if owner is None:
+                    owner, self._pending_any = self._pending_any, None
                 if owner is None:
                     return
                 self.owner_of[msg.dialogue_id] = owner
@@ -125,6 +130,13 @@ class SimulatedUserNode(_UserSide):
         d0 = (text or place.caption).strip()
         self._start(place_id, d0)
         return d0
+
+    def adopt_next(self, place_id: str) -> None:
+        """Answers for `place_id` in the next dialogue anyone else starts: the person
+        describes the place aloud, the simulated user then answers the questions."""
+        self._users[place_id] = FactUser(self.places[place_id])
+        with self._lock:
+            self._pending_any = place_id
 
     def dialogue_of(self, place_id: str) -> str | None:
         """The id the manager gave the latest dialogue about `place_id`, once known."""

@@ -5,6 +5,11 @@
 - spoken_description.wav: one flite sentence at 16 kHz mono 16-bit. flite speaks at 8 kHz;
   it is resampled here once, so the tests exercise the speech node's resampler only where they
   mean to (the 44.1 kHz stereo case) and the file stays well under 200 kB.
+- graph_dialogue/: every dialogue topic of the whole bringup graph (typed simulated user,
+  place tests/test_ros_e2e.REPLAY_TARGET of the seed-5 test map of tests/test_ros_graph.py,
+  dialogue ids ``dlg-replay-N``), recorded with ``bringup(record=...)``; the e2e test replays
+  its utterances into a fresh graph and expects the same outputs. Needs a DDS loopback and
+  ~20 s; its receive times and metadata dates change on every regeneration.
 - typed_dialogue/: a rosbag2 bag (typed_dialogue.mcap + metadata.yaml) of a short typed
   dialogue as the speech node sees and answers it (typed_text, question, dialogue_state in;
   utterance out), for replay regression tests and as a sample for Foxglove or `ros2 bag info`.
@@ -25,6 +30,7 @@ FIXTURES = ROOT / "tests" / "fixtures"
 SENTENCE = "There is a small cafe with a green awning across from a church."
 WAV = FIXTURES / "spoken_description.wav"
 BAG = FIXTURES / "typed_dialogue"
+GRAPH_BAG = FIXTURES / "graph_dialogue"
 
 TYPED_DIALOGUE: list[tuple[str, str]] = [
     # (dialogue_id awaiting an answer when the text is typed, text)
@@ -94,9 +100,31 @@ def make_bag(path: Path = BAG) -> Path:
     return path
 
 
+def make_graph_bag(path: Path = GRAPH_BAG) -> Path:
+    """Record the e2e test's dialogue on the e2e test's map (see the module docstring)."""
+    import os
+    import random
+
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(101, 200)))
+    sys.path.insert(0, str(ROOT / "tests"))
+    import torch
+    from test_ros_e2e import REPLAY_TARGET, record_dialogue
+    from test_ros_graph import build_map
+
+    torch.set_num_threads(1)  # as the tests' single_thread fixture: same numerics
+    if path.exists():
+        shutil.rmtree(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        map_path, _, _ = build_map(Path(tmp))
+        record_dialogue(map_path, REPLAY_TARGET, path)
+    return path
+
+
 def main() -> int:
     print(make_wav())
     print(make_bag())
+    print(make_graph_bag())
     return 0
 
 
