@@ -6,6 +6,7 @@ Heavy libraries (torch, faiss, open_clip) are imported inside the commands so th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -213,24 +214,9 @@ def map_query(
         console.print(_hits_table(f"top {k} places for: {text!r}", hits))
 
 
-@app.command()
-def demo(
-    workdir: Annotated[Path, typer.Option(help="Where the demo city and map are kept.")] = Path(
-        "data/demo"
-    ),
-    places: Annotated[int, typer.Option(min=10)] = 300,
-    seed: Annotated[int, typer.Option()] = 7,
-    queries: Annotated[int, typer.Option(min=1, help="Places to look for.")] = 3,
-) -> None:
-    """The main job on the embedded data: generate a city, build its map, query it.
-
-    Each place is looked for twice: with the vague first caption a person would say
-    (many look-alike places match it) and with the full description; the gap is
-    what the dialogue of later rounds closes.
-    """
+def _demo_city(workdir: Path, places: int, seed: int) -> tuple[Path, Path]:
+    """The embedded demo city and its map (generated and built on first use, resumable)."""
     from dlgpr_core.data import scan_dataset
-    from dlgpr_core.data.annotations import read_annotations
-    from dlgpr_core.data.records import namespaced_place_id
     from dlgpr_core.synth import generate_city
 
     city = "Demoville"
@@ -239,38 +225,97 @@ def demo(
         generate_city(workdir, city, places, views_per_place=4, seed=seed, difficulty=0.5)
     db, enc = _open_or_create_map(workdir / "map", "dlgpr-lite", None)
     report = db.build(scan_dataset(workdir, fmt="gsv"), enc, progress=True, source_kind="gsv")
-    console.print(report.render())
-    console.print(db.info().render())
-    annotated = read_annotations(annotations)
-    step = max(1, len(annotated) // queries)
-    for place in annotated[::step][:queries]:
-        target = namespaced_place_id(place.city, place.place_id)
-        for label, text in (("caption", place.caption), ("description", place.description)):
-            hits = db.search(text, enc, k=5)
-            console.print(_hits_table(f"{label}: {text[:150]!r}", hits, target))
-            ranks = [h.rank for h in hits if h.place_id == target]
+    if report.added:
+        console.print(report.render())
+    return annotations, workdir / "map"
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where the demo city and map are kept.")] = Path(
+        "data/demo"
+    ),
+    user: Annotated[
+        str,
+        typer.Option(
+            help="Who answers: 'simulated' (a user who knows a place), 'typed' (you, in "
+            "this terminal) or 'speech' (you, into the microphone)."
+        ),
+    ] = "simulated",
+    dialogues: Annotated[int, typer.Option(min=1, help="Simulated dialogues to run.")] = 3,
+    questioner: Annotated[str, typer.Option(help="info-gain or random.")] = "info-gain",
+    update: Annotated[str, typer.Option(help="'facts' (default) or 'text' (paper).")] = "facts",
+    places: Annotated[int, typer.Option(min=10)] = 300,
+    seed: Annotated[int, typer.Option()] = 7,
+    record: Annotated[Path | None, typer.Option(help="Record every message to MCAP.")] = None,
+) -> None:
+    """The main job: full dialogues through the ROS 2 node graph on the embedded map.
+
+    A person (simulated, typed or spoken) describes a place vaguely; the robot asks
+    questions until it is confident or has asked five, then reports the place and its
+    position. The dialogue is printed as it goes.
+    """
+    import random
+
+    from dlgpr_core.data.annotations import read_annotations
+    from dlgpr_core.data.records import namespaced_place_id
+
+    if user not in ("simulated", "typed", "speech"):
+        raise ValueError(f"--user takes simulated, typed or speech, not {user!r}")
+    annotations, map_dir = _demo_city(workdir, places, seed)
+    try:
+        from dlgpr_ros.bringup import running
+    except ImportError as exc:
+        raise typer.BadParameter(
+            f"the ROS 2 side is not available ({exc}); run `make setup` and `source scripts/env.sh`"
+        ) from exc
+    overrides: dict[str, object] = {
+        "map_path": str(map_dir),
+        "questioner.questioner": questioner,
+        "dialogue_manager.update": update,
+    }
+    if user == "typed":
+        overrides["typed_input.read_stdin"] = True
+    if user == "speech":
+        overrides["speech.use_microphone"] = True
+    mode = "speech" if user == "speech" else "typed"
+    with running(None, overrides, mode, simulate=user == "simulated", record=record) as graph:
+        dm = graph.node("dialogue_manager")
+        if user != "simulated":
             console.print(
-                f"  true place {target}: "
-                + (f"rank {ranks[0]}" if ranks else "not in the top 5")
-                + "\n"
+                "[bold]Describe where you are[/] "
+                + ("(type a line, Enter; Ctrl-D to stop)" if user == "typed" else "(speak)")
             )
-    summary = Table(title=f"every place of {city} looked for once ({len(annotated)} queries each)")
-    for col in ("query", "R@1", "R@5", "R@10"):
-        summary.add_column(col)
-    for label in ("caption", "description"):
-        found = [0, 0, 0]
-        for place in annotated:
+            with contextlib.suppress(KeyboardInterrupt):
+                graph.run_until(lambda: False, timeout=float("inf"))
+            return
+        annotated = read_annotations(annotations)
+        targets = random.Random(seed).sample(annotated, min(dialogues, len(annotated)))
+        sim = graph.node("simulated_user")
+        found = 0
+        for place in targets:
             target = namespaced_place_id(place.city, place.place_id)
-            text = place.caption if label == "caption" else place.description
-            ids = [h.place_id for h in db.search(text, enc, k=10)]
-            for i, k in enumerate((1, 5, 10)):
-                found[i] += target in ids[:k]
-        summary.add_row(label, *(f"{100 * f / len(annotated):.1f}" for f in found))
-    console.print(summary)
-    console.print(
-        "The vague captions match many look-alike places; the dialogue of the next "
-        "releases asks the questions that close this gap."
-    )
+            console.rule(f"a person standing at {target}")
+            sim.start(target)
+
+            def finished(target: str = target) -> bool:
+                did = sim.dialogue_of(target)
+                d = dm.dialogues.get(did) if did else None
+                return d is not None and d.phase == "done"
+
+            if not graph.run_until(finished, 120):
+                console.print(f"[red]no answer from the graph for {target} within 120 s[/]")
+                continue
+            graph.run_until(lambda: False, 0.5)  # let the printer catch up
+            did = sim.dialogue_of(target)
+            final = dm.dialogues.get(did) if did else None
+            best = final.candidates[0].place_id if final and final.candidates else None
+            found += best == target
+            console.print(
+                f"true place {target}: "
+                + ("[green]found[/]" if best == target else f"[yellow]robot says {best}[/]")
+            )
+        console.print(f"{found} of {len(targets)} places found")
 
 
 def _split(values: list[str]) -> list[str]:

@@ -77,7 +77,9 @@ class DialogueManagerNode(Node):
             "confidence", 0.9, d(description="Top-1 belief that stops a dialogue early.")
         )
         self.declare_parameter("top_k", 10, d(description="Candidates kept in the belief."))
-        self.declare_parameter("search_k", 10, d(description="Places requested per round."))
+        self.declare_parameter(
+            "search_k", 200, d(description="Places requested per round (the answers re-rank them).")
+        )
         self.declare_parameter(
             "temperature", 0.05, d(description="Softmax temperature of the belief.")
         )

@@ -374,3 +374,32 @@ def test_dlgpr_eval_runs_model_backed_questioners(tmp_path: Path) -> None:
         assert len(mine) == 2
         assert row["fallbacks"] == sum(r["fallbacks"] for r in mine)
         assert all(len(set(r["questions"])) == len(r["questions"]) for r in mine)
+
+
+def test_info_gain_never_asks_what_an_answer_settled(
+    places: list[PlaceAnnotation], by_id: dict[str, PlaceAnnotation]
+) -> None:
+    from dlgpr_core.dialogue.consistency import probe_of, settled
+    from dlgpr_core.dialogue.engine import DialogueConfig, DialogueEngine
+
+    engine = DialogueEngine(
+        word_search(by_id),
+        InfoGainQuestioner(by_id),
+        DialogueConfig(max_rounds=6, confidence=None, search_k=len(by_id)),
+        reranker=FactConsistencyReranker(by_id),
+    )
+    checked = 0
+    for place in places[:15]:
+        result = engine.run(place.caption, FactUser(place))
+        for state in result.states[1:]:
+            q = state.pending_question
+            if q is None:
+                continue
+            done = settled(state.questions, state.answers)
+            p = probe_of(q)
+            assert p is not None
+            assert (p.category, None) not in done and (p.category, p.attribute) not in done
+            checked += 1
+        absent = [a for a in result.final.answers if "there is no" in a]
+        assert all(a.startswith("No") for a in absent)
+    assert checked > 20

@@ -40,16 +40,36 @@ def answer_polarity(answer: str) -> str | None:
     return None
 
 
-def _probe(question: Question) -> Question | None:
+def probe_of(question: Question) -> Question | None:
+    """The structured probe behind a question (free text parsed), None when unreadable."""
     if question.kind != "free":
         return question
     parsed = parse_question(question.text)
     return None if parsed is None or parsed.negated else parsed.question
 
 
+def settled(questions: Sequence[Question], answers: Sequence[str]) -> set[tuple[str, str | None]]:
+    """(category, attribute) pairs the answers already settled; (category, None) when the
+    user said the category is not there. Asking about them again only wastes a turn."""
+    out: set[tuple[str, str | None]] = set()
+    for question, answer in zip(questions, answers, strict=False):
+        probe = probe_of(question)
+        if probe is None or answer.strip().lower().startswith(DONT_KNOW.lower().rstrip(".")):
+            continue
+        polarity = answer_polarity(answer)
+        if probe.kind == "presence":
+            if polarity == "no":
+                out.add((probe.category, None))
+        elif re.search(r"\bthere (is|are) no\b", answer, re.IGNORECASE):
+            out.add((probe.category, None))
+        else:
+            out.add((probe.category, probe.attribute))
+    return out
+
+
 def consistent(knowledge: PlaceKnowledge, question: Question, answer: str) -> bool | None:
     """Whether a place with these facts could have given `answer`; None when it cannot tell."""
-    probe = _probe(question)
+    probe = probe_of(question)
     if probe is None:
         return None
     outcome = knowledge.outcome(probe)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from dlgpr_core.data.annotations import PlaceAnnotation
+from dlgpr_core.dialogue.consistency import settled
 from dlgpr_core.dialogue.knowledge import Outcome, PlaceKnowledge
 from dlgpr_core.dialogue.questions import Question, attribute_question, presence_question
 
@@ -127,15 +128,19 @@ class InfoGainQuestioner:
         return sum(sum(g) / total * _entropy(g) for g in groups.values())
 
     def ask(self, state: DialogueState) -> Question | None:
-        """The minimum-expected-entropy probe not asked yet (ties: fixed probe order)."""
+        """The minimum-expected-entropy probe not asked yet and not already settled by an
+        answer (ties: fixed probe order)."""
         ids, belief = self._belief(state)
         knowledge = [self._knowledge.get(pid) for pid in ids]
         asked = {q.key for q in state.questions}
+        done = settled(state.questions, state.answers)
         pool = candidate_questions([k for k in knowledge if k is not None])
         best: tuple[float, Question] | None = None
         for q in pool:
             if q.key in asked or (q.is_open and not self.open_questions):
                 continue
+            if (q.category, None) in done or (q.category, q.attribute) in done:
+                continue  # the user already said it is absent / what it looks like
             h = self.expected_entropy(q, knowledge, belief)
             if best is None or h < best[0] - 1e-12:
                 best = (h, q)
