@@ -7,6 +7,7 @@ These run the real console script in a subprocess with the embedded default enco
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -41,7 +42,7 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_help_lists_every_command() -> None:
     out = run("--help").stdout
-    for command in ("synth", "map", "demo"):
+    for command in ("synth", "map", "demo", "eval", "bringup", "retriever"):
         assert command in out
     out = run("map", "--help").stdout
     for command in ("build", "query", "info", "index"):
@@ -104,3 +105,21 @@ def test_map_of_another_encoder_is_refused(city: Path, tmp_path: Path) -> None:
     proc = run("map", "query", "a bank", "--map", city / "map", "--checkpoint", other, ok=False)
     assert proc.returncode == 2
     assert "rebuild the map or pass the matching encoder" in proc.stderr
+
+
+def test_demo_runs_a_full_dialogue_through_the_node_graph(tmp_path: Path) -> None:
+    """`make demo`'s command on a small city: generates it, builds the map, brings the ROS 2
+    graph up and prints a simulated dialogue to its end with the place and position."""
+    proc = run("demo", "--workdir", tmp_path / "demo", "--places", "12", "--dialogues", "1")
+    out = proc.stdout
+    assert "a person standing at Demoville:" in out
+    assert "Person:" in out and "Localized:" in out and " lat " in out
+    assert re.search(r"\b[01] of 1 places found", out), out[-2000:]
+    bad = run("demo", "--workdir", tmp_path / "demo", "--user", "telepathy", ok=False)
+    assert bad.returncode == 2 and "--user" in bad.stderr
+
+
+def test_bringup_help_lists_its_options() -> None:
+    out = run("bringup", "--help").stdout
+    for option in ("--map", "--input", "--simulate", "--record", "--set"):
+        assert option in out
