@@ -255,7 +255,9 @@ def _parse_set(items: Sequence[str]) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`dlgpr bringup` / `python -m dlgpr_ros.bringup`: the launch file without `launch`."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap = argparse.ArgumentParser(
+        prog="dlgpr bringup", description=__doc__.splitlines()[0] if __doc__ else None
+    )
     ap.add_argument("--config", type=Path, default=None, help="dialogue.yaml (parameters)")
     ap.add_argument("--nodes", type=Path, default=None, help="nodes.yaml (node set)")
     ap.add_argument("--map", default=None, help="map directory (sets every map_path)")

@@ -196,7 +196,7 @@ def test_yaml_and_dotted_overrides(tmp_path: Path) -> None:
 
     hsdm = TrainConfig.from_yaml(ABLATION / "hsdm.yaml")
     assert hsdm.ablation == "+hsdm" and hsdm.model.use_fine and not hsdm.model.use_hi
-    assert not hsdm.model.last_level_only and hsdm.model.levels == [2, 4, 6, 8]
+    assert not hsdm.model.last_level_only and hsdm.model.levels == [2, 4]  # synth_default
     base = TrainConfig.from_yaml(ABLATION / "baseline.yaml")
     assert not base.model.use_fine and not base.model.use_vpr
     assert TrainConfig.from_yaml(ABLATION / "full.yaml").model.use_hi

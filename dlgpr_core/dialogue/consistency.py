@@ -13,6 +13,7 @@ change nothing, so the update is a no-op on maps without annotations.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -20,12 +21,19 @@ from dataclasses import dataclass, replace
 
 from dlgpr_core.data.annotations import PlaceAnnotation
 from dlgpr_core.dialogue.knowledge import DONT_KNOW, PlaceKnowledge
-from dlgpr_core.dialogue.parse import parse_question
+from dlgpr_core.dialogue.parse import Parsed
+from dlgpr_core.dialogue.parse import parse_question as _parse_question
 from dlgpr_core.dialogue.questions import Question
 from dlgpr_core.mapdb.report import PlaceHit
 
 _YES = re.compile(r"^\s*(yes|yeah|yep|correct|right|there is|there are)\b", re.IGNORECASE)
 _NO = re.compile(r"^\s*(no|nope|not|there is no|there are no|there isn't|there aren't)\b", re.I)
+
+
+@functools.lru_cache(maxsize=8192)
+def parse_question(text: str) -> Parsed | None:
+    """The keyword parser, cached: the re-ranker reads the same answer once per candidate."""
+    return _parse_question(text)
 
 
 def answer_polarity(answer: str) -> str | None:
