@@ -131,6 +131,11 @@ class DialogueManagerNode(Node):
         self.max_finished = int(p("max_finished").value)
         self.speak = bool(p("speak").value)
         self.voice = str(p("voice").value)
+        if self.speak and shutil.which("espeak-ng") is None:
+            self.get_logger().warning(
+                "speak is true but espeak-ng is not installed (apt install espeak-ng): "
+                "questions are published, not spoken"
+            )
         self.update = str(p("update").value)
         self.reranker = self._build_reranker()
         self.dialogues: OrderedDict[str, Dialogue] = OrderedDict()
