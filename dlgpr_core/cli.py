@@ -287,7 +287,13 @@ def demo(
                 + ("(type a line, Enter; Ctrl-D to stop)" if user == "typed" else "(speak)")
             )
             with contextlib.suppress(KeyboardInterrupt):
-                graph.run_until(lambda: False, timeout=float("inf"))
+                if user == "typed":
+                    typed = graph.node("typed_input")
+                    graph.run_until(typed.stdin_closed.is_set, timeout=float("inf"))
+                    # Let a dialogue whose last answer was just typed finish and print.
+                    graph.run_until(lambda: typed.current() is None, timeout=10)
+                else:
+                    graph.run_until(lambda: False, timeout=float("inf"))
             return
         annotated = read_annotations(annotations)
         targets = random.Random(seed).sample(annotated, min(dialogues, len(annotated)))

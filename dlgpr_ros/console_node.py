@@ -10,6 +10,7 @@ dialogue it has shown, so a state re-sent by the manager's timer prints nothing 
 from __future__ import annotations
 
 import io
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,7 +88,11 @@ class DialoguePrinter(Node):
         if not lines:
             return
         buf = io.StringIO()
-        tty = self._color if self._color is not None else self._write is _stdout
+        tty = (
+            self._color
+            if self._color is not None
+            else self._write is _stdout and sys.stdout.isatty()
+        )
         console = Console(file=buf, force_terminal=tty, no_color=not tty, width=100)
         for line in lines:
             console.print(line, highlight=False, soft_wrap=True)

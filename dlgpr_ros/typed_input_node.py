@@ -164,6 +164,8 @@ class TypedInputNode(_UserSide):
         self.create_subscription(
             String, "typed_text", lambda m: self.submit(m.data), TOPIC_QOS["typed_text"]
         )
+        self.stdin_closed = threading.Event()
+        """Set when stdin reaches its end (Ctrl-D): an interactive session is over."""
         if bool(self.get_parameter("read_stdin").value):
             threading.Thread(target=self._read_stdin, daemon=True).start()
 
@@ -191,6 +193,7 @@ class TypedInputNode(_UserSide):
         for line in sys.stdin:
             if line.strip():
                 self.submit(line)
+        self.stdin_closed.set()
 
 
 def main(args: list[str] | None = None) -> None:

@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,25 @@ def test_demo_runs_a_full_dialogue_through_the_node_graph(tmp_path: Path) -> Non
     assert re.search(r"\b[01] of 1 places found", out), out[-2000:]
     bad = run("demo", "--workdir", tmp_path / "demo", "--user", "telepathy", ok=False)
     assert bad.returncode == 2 and "--user" in bad.stderr
+
+    # A person typing: the description starts a dialogue, the robot asks, Ctrl-D ends it.
+    assert DLGPR
+    typed = subprocess.Popen(
+        [DLGPR, "demo", "--workdir", str(tmp_path / "demo"), "--user", "typed"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert typed.stdin is not None
+    time.sleep(15)  # the graph is up and its peers discovered
+    typed.stdin.write("I see a bakery with a fountain beside it.\n")
+    typed.stdin.flush()
+    time.sleep(5)
+    out, err = typed.communicate(timeout=120)  # closes stdin: Ctrl-D
+    assert typed.returncode == 0, err[-3000:]
+    assert "Person: I see a bakery with a fountain beside it." in out, out[-3000:]
+    assert "Robot:" in out
 
 
 def test_bringup_help_lists_its_options() -> None:
