@@ -17,6 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import pytest
 
 from dlgpr_core.data.annotations import PlaceAnnotation, read_annotations
@@ -282,3 +283,39 @@ def test_sft_then_grpo_produce_a_loadable_adapter(
     state = engine.start(places[0].caption, "e2e")
     assert state.pending_question is not None  # model output or its fallback
     assert q.stats.asked == 1 and q.stats.generate_calls >= 1
+
+
+def test_ddi_curriculum_splits_by_difficulty(tmp_path: Path) -> None:
+    """SA/DDI on real built examples, then the paper's split: PRG filter, SFT mostly
+    low-DDI, GRPO mostly high-DDI, disjoint."""
+    from dlgpr_core.dialogue.dq_data import curriculum_split, score_difficulty
+    from dlgpr_core.dialogue.metrics import DDIConfig
+
+    root = tmp_path / "data"
+    generate_city(root, "Dqtown", 10, 1, seed=3, image_size=(64, 48), progress=False)
+    places = read_annotations(root / "Annotations" / "Dqtown.jsonl")
+    search = LexicalSearch(places, root)
+    examples = build_examples(places, search)
+    by_id = {namespaced_place_id(p.city, p.place_id): p for p in places}
+    scored = score_difficulty(examples, by_id, search.embed)
+    with_ddi = [e for e in scored if e.ddi is not None]
+    assert len(with_ddi) >= len(scored) // 2 > 0
+    for e in with_ddi:
+        assert e.sa is not None
+        assert e.ddi == pytest.approx(0.5 * e.sa + 0.5 * (1 - e.teacher_prg))
+    threshold = float(np.median([e.ddi for e in with_ddi]))
+    cfg = DDIConfig(tau_1=-1.0, threshold=threshold)
+    sft, grpo = curriculum_split(scored, cfg, n_sft=6, n_grpo=4, major_share=0.7, seed=0)
+    assert len(sft) == 6 and len(grpo) == 4
+    assert not {e.example_id for e in sft} & {e.example_id for e in grpo}
+
+    def high(e: DQExample) -> bool:
+        return e.ddi is not None and cfg.is_high(e.ddi)
+
+    assert sum(not high(e) for e in sft) >= 4  # round(0.7 * 6) low-DDI when available
+    assert sum(high(e) for e in grpo) >= min(3, sum(high(e) for e in scored) - sum(map(high, sft)))
+    # The quality filter drops rounds with PRG below tau_1.
+    strict = DDIConfig(tau_1=0.5, threshold=threshold)
+    s2, g2 = curriculum_split(scored, strict)
+    assert all(e.teacher_prg >= 0.5 for e in s2 + g2)
+    assert len(s2) + len(g2) == sum(e.teacher_prg >= 0.5 for e in scored)

@@ -48,15 +48,19 @@ from dlgpr_core.data.records import namespaced_place_id
 from dlgpr_core.dialogue.dq_data import (
     DQDataConfig,
     DQExample,
+    EmbedTexts,
     LexicalSearch,
     RetrievalGainReward,
     build_examples,
+    curriculum_split,
     format_reward,
     read_examples,
+    score_difficulty,
     to_hf_dataset,
     write_examples,
 )
 from dlgpr_core.dialogue.engine import DialogueConfig, SearchFn
+from dlgpr_core.dialogue.metrics import DDIConfig
 
 log = logging.getLogger("train_dq_pilot")
 
@@ -146,6 +150,20 @@ class GRPOSection(_Strict):
     grad_checkpointing: bool = False
 
 
+class CurriculumSection(_Strict):
+    """The paper's DDI curriculum (Sec. 4.1): drop rounds with PRG < tau_1, then SFT on a
+    mostly low-DDI set and GRPO on a disjoint mostly high-DDI one. Off: both stages use
+    every example."""
+
+    enabled: bool = False
+    ddi: DDIConfig = Field(default_factory=DDIConfig)
+    n_sft: int | None = Field(default=None, ge=1)
+    """SFT examples (the paper: 20k); None: two thirds of what survives the filter."""
+    n_grpo: int | None = Field(default=None, ge=1)
+    """GRPO examples (the paper: 10k); None: the rest."""
+    major_share: float = Field(default=0.7, ge=0.0, le=1.0)
+
+
 class DQTrainConfig(_Strict):
     """Everything a run depends on; written beside the adapters."""
 
@@ -162,6 +180,7 @@ class DQTrainConfig(_Strict):
     lora: LoraSection = Field(default_factory=LoraSection)
     sft: SFTSection = Field(default_factory=SFTSection)
     grpo: GRPOSection = Field(default_factory=GRPOSection)
+    curriculum: CurriculumSection = Field(default_factory=CurriculumSection)
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: Sequence[str] = ()) -> DQTrainConfig:
@@ -226,11 +245,15 @@ def load_places(cfg: DQTrainConfig) -> list[PlaceAnnotation]:
     return out
 
 
-def make_search(cfg: DQTrainConfig, places: Sequence[PlaceAnnotation]) -> tuple[SearchFn, int]:
-    """The search callable and its k (whole map unless `retrieval.search_k` is set)."""
+def make_search(
+    cfg: DQTrainConfig, places: Sequence[PlaceAnnotation]
+) -> tuple[SearchFn, int, EmbedTexts]:
+    """The search callable, its k (whole map unless `retrieval.search_k` is set) and the
+    retriever's text encoder (the curriculum's phi_T)."""
     r = cfg.retrieval
     if r.kind == "lexical":
-        return LexicalSearch(places, cfg.data.data_root.resolve()), r.search_k or len(places)
+        lexical = LexicalSearch(places, cfg.data.data_root.resolve())
+        return lexical, r.search_k or len(places), lexical.embed
     if r.map_dir is None:
         raise ConfigError("retrieval.kind=map needs retrieval.map_dir")
     from dlgpr_core.dialogue.evaluate import map_search
@@ -242,7 +265,7 @@ def make_search(cfg: DQTrainConfig, places: Sequence[PlaceAnnotation]) -> tuple[
     name = r.encoder or spec.get("name") or "dlgpr-lite"
     ckpt = r.checkpoint or (Path(spec["checkpoint"]) if spec.get("checkpoint") else None)
     encoder = create_encoder(name, checkpoint=ckpt)
-    return map_search(db, encoder), r.search_k or db.info().n_places
+    return map_search(db, encoder), r.search_k or db.info().n_places, encoder.encode_texts
 
 
 def examples_path(cfg: DQTrainConfig) -> Path:
@@ -429,17 +452,32 @@ def train(cfg: DQTrainConfig) -> dict[str, str]:
         dump = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
         (cfg.out_dir / CONFIG_DUMP).write_text(dump, encoding="utf-8")
     places = load_places(cfg)
-    search, search_k = make_search(cfg, places)
+    search, search_k, embed = make_search(cfg, places)
     examples = get_examples(cfg, places, search, search_k)
     if not examples:
         raise RuntimeError("no training examples: the teacher asked no question")
     produced = {"examples": str(examples_path(cfg))}
+    sft_set, grpo_set = list(examples), list(examples)
+    if cfg.curriculum.enabled:
+        c = cfg.curriculum
+        by_id = {namespaced_place_id(p.city, p.place_id): p for p in places}
+        scored = score_difficulty(examples, by_id, embed, c.ddi)
+        sft_set, grpo_set = curriculum_split(
+            scored, c.ddi, c.n_sft, c.n_grpo, c.major_share, seed=cfg.seed
+        )
+        if not sft_set or not grpo_set:
+            raise RuntimeError(
+                f"the curriculum left {len(sft_set)} SFT and {len(grpo_set)} GRPO examples "
+                f"of {len(examples)}: lower curriculum.ddi.tau_1 or build more dialogues"
+            )
+        produced["curriculum"] = f"{len(sft_set)} SFT / {len(grpo_set)} GRPO examples"
+        log.info("DDI curriculum: %s", produced["curriculum"])
     if cfg.stage in ("sft", "all"):
         set_seed(cfg.seed)
-        produced["sft"] = str(run_sft(cfg, examples))
+        produced["sft"] = str(run_sft(cfg, sft_set))
     if cfg.stage in ("grpo", "all"):
         set_seed(cfg.seed)
-        produced["grpo"] = str(run_grpo(cfg, examples, places, search, search_k))
+        produced["grpo"] = str(run_grpo(cfg, grpo_set, places, search, search_k))
     return produced
 
 

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import re
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from dlgpr_core.data.annotations import PlaceAnnotation
 from dlgpr_core.data.records import namespaced_place_id
@@ -38,7 +41,7 @@ from dlgpr_core.dialogue.dq_pilot import (
 )
 from dlgpr_core.dialogue.engine import DialogueConfig, DialogueEngine, DialogueState, SearchFn
 from dlgpr_core.dialogue.knowledge import DONT_KNOW, PlaceKnowledge
-from dlgpr_core.dialogue.metrics import prg
+from dlgpr_core.dialogue.metrics import DDIConfig, prg, semantic_ambiguity
 from dlgpr_core.dialogue.questioners import InfoGainQuestioner
 from dlgpr_core.dialogue.questions import Question, free_question
 from dlgpr_core.dialogue.user import FactUser
@@ -83,6 +86,12 @@ class DQExample:
     """The same after the teacher's question was answered."""
     teacher_prg: float
     """PRG of the teacher's question: the curriculum's quality filter reads it."""
+    candidates: list[str] = field(default_factory=list)
+    """The round's top-k place ids (SA's negatives are the non-target ones)."""
+    sa: float | None = None
+    """Semantic ambiguity of the round (paper Eq. 1); set by `score_difficulty`."""
+    ddi: float | None = None
+    """Discriminative difficulty index (paper Eq. 3); set by `score_difficulty`."""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
@@ -344,9 +353,102 @@ def build_examples(
                     prev_rank=prev_rank,
                     next_rank=next_rank,
                     teacher_prg=gain,
+                    candidates=[h.place_id for h in state.candidates],
                 )
             )
     return out
+
+
+EmbedTexts = Callable[[Sequence[str]], np.ndarray]
+"""texts -> L2-normalised rows: the retriever's text encoder (phi_T of paper Eq. 1)."""
+
+
+def score_difficulty(
+    examples: Sequence[DQExample],
+    places_by_id: Mapping[str, PlaceAnnotation],
+    embed: EmbedTexts,
+    ddi_config: DDIConfig | None = None,
+) -> list[DQExample]:
+    """Each example with its SA and DDI (paper Eqs. 1 and 3).
+
+    Our reading of Eq. 1 for a dialogue round: t_t is the round's query (d0 + answers), its
+    positive the target's description, its negatives the descriptions of the round's other
+    top-k candidates: ambiguous when the query reads like the look-alikes and unlike its
+    own place. RID = 1 - the teacher's PRG (how little the round's question resolved).
+    """
+    cfg = ddi_config or DDIConfig()
+    texts: dict[str, str] = {}
+
+    def text_of(pid: str) -> str | None:
+        place = places_by_id.get(pid)
+        return place.description if place is not None else None
+
+    rows: list[tuple[int, str, list[str]]] = []
+    for i, ex in enumerate(examples):
+        negatives = [pid for pid in ex.candidates if pid != ex.target and text_of(pid)]
+        if text_of(ex.target) is None or not negatives:
+            continue
+        query = " ".join((ex.d0, *ex.answers))
+        rows.append((i, query, negatives))
+        texts[ex.target] = text_of(ex.target) or ""
+        texts.update({pid: text_of(pid) or "" for pid in negatives})
+    ids = sorted(texts)
+    place_vecs = dict(zip(ids, embed([texts[pid] for pid in ids]), strict=True)) if ids else {}
+    query_vecs = embed([q for _, q, _ in rows]) if rows else np.zeros((0, 1))
+    out = list(examples)
+    for (i, _, negatives), qv in zip(rows, query_vecs, strict=True):
+        ex = examples[i]
+        vecs = [qv, place_vecs[ex.target], *(place_vecs[p] for p in negatives)]
+        if any(not np.any(v) for v in vecs):
+            continue  # a text the encoder cannot embed: cosine undefined, DDI left unset
+        sa = semantic_ambiguity(
+            qv, place_vecs[ex.target], np.stack([place_vecs[p] for p in negatives]), cfg.alpha
+        )
+        out[i] = replace(ex, sa=sa, ddi=cfg.score(sa, 1.0 - ex.teacher_prg))
+    return out
+
+
+def curriculum_split(
+    examples: Sequence[DQExample],
+    ddi_config: DDIConfig | None = None,
+    n_sft: int | None = None,
+    n_grpo: int | None = None,
+    major_share: float = 0.7,
+    seed: int = 0,
+) -> tuple[list[DQExample], list[DQExample]]:
+    """The paper's curriculum: drop rounds with PRG < tau_1, then an SFT set that is
+    `major_share` low-DDI and a disjoint GRPO set that is `major_share` high-DDI.
+
+    Sizes default to a 2:1 split of what survives (the paper's 20k : 10k); a side short
+    of examples is topped up from the other, so no example is wasted. Examples without a
+    DDI (no negatives) count as low-DDI."""
+    cfg = ddi_config or DDIConfig()
+    if not 0.0 <= major_share <= 1.0:
+        raise ValueError(f"major_share must be in [0, 1], got {major_share}")
+    kept = [e for e in examples if cfg.keep(e.teacher_prg)]
+    rng = random.Random(seed)
+    low = [e for e in kept if e.ddi is None or not cfg.is_high(e.ddi)]
+    high = [e for e in kept if e.ddi is not None and cfg.is_high(e.ddi)]
+    rng.shuffle(low)
+    rng.shuffle(high)
+    n_sft = round(len(kept) * 2 / 3) if n_sft is None else n_sft
+    n_grpo = len(kept) - n_sft if n_grpo is None else n_grpo
+
+    def take(first: list[DQExample], second: list[DQExample], n: int) -> list[DQExample]:
+        want = min(round(major_share * n), len(first))
+        chosen = first[:want]
+        del first[:want]
+        rest = min(n - len(chosen), len(second))
+        chosen += second[:rest]
+        del second[:rest]
+        extra = min(n - len(chosen), len(first))
+        chosen += first[:extra]
+        del first[:extra]
+        return chosen
+
+    sft = take(low, high, n_sft)
+    grpo = take(high, low, n_grpo)
+    return sft, grpo
 
 
 def _load_image(path: str, max_side: int) -> Image.Image:
@@ -411,6 +513,16 @@ class LexicalSearch:
         vec = {w: c * self.idf.get(w, 0.0) for w, c in tf.items() if w in self.idf}
         norm = math.sqrt(sum(v * v for v in vec.values())) or 1.0
         return {w: v / norm for w, v in vec.items()}
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Dense unit TF-IDF rows over the description vocabulary (the curriculum's
+        stand-in text encoder; all-zero for text with no known word)."""
+        vocab = {w: i for i, w in enumerate(sorted(self.idf))}
+        out = np.zeros((len(texts), len(vocab)), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for w, v in self._vector(_tokens(text)).items():
+                out[row, vocab[w]] = v
+        return out
 
     def __call__(self, text: str, k: int) -> list[PlaceHit]:
         q = self._vector(_tokens(text))
