@@ -219,8 +219,12 @@ class DialogueManagerNode(Node):
         self._state_pub.publish(msg)
         return msg
 
-    def _reject(self, dialogue_id: str, problem: str, round_: int = 0) -> None:
-        """A FAILED state naming the problem for that id; without an id, a log and a count."""
+    def _reject(
+        self, dialogue_id: str, problem: str, round_: int = 0, known: Dialogue | None = None
+    ) -> None:
+        """A FAILED state naming the problem for that id (carrying the history and questions
+        of a `known` dialogue, so a listener that keeps only the latest state loses nothing);
+        without an id, a log and a count."""
         self.counters["rejected"] += 1
         self.get_logger().warning(f"rejected utterance ({dialogue_id or 'no id'}): {problem}")
         if dialogue_id:
@@ -230,8 +234,8 @@ class DialogueManagerNode(Node):
                     round_=round_,
                     status=DialogueState.STATUS_FAILED,
                     detail=problem,
-                    history=[],
-                    questions=[],
+                    history=list(known.history) if known else [],
+                    questions=list(known.questions) if known else [],
                     candidates=[],
                     confidence=0.0,
                     stamp=self._stamp(),
@@ -288,7 +292,7 @@ class DialogueManagerNode(Node):
             return
         d = d_or_none
         if d.phase == DONE:
-            self._reject(did, f"dialogue {did} already finished ({d.detail})", d.round)
+            self._reject(did, f"dialogue {did} already finished ({d.detail})", d.round, d)
             return
         if problem:
             # The person's answer is unusable and the question cannot be re-asked
