@@ -96,59 +96,84 @@ def _floors(value: str) -> str:
     return FLOOR_WORDS.get(int(value), f"{value}-storey") if value.isdigit() else value
 
 
+def _phrasings(category: str, attribute: str, value: str) -> tuple[str, str]:
+    """(statement, yes/no question) for ``attribute = value`` of the category: one table of
+    wordings, so that what the robot asks and what the user answers always match."""
+    c = category
+    if c == STREET:
+        if attribute == "width":
+            return f"The street is {value}.", f"Is the street {value}?"
+        if attribute == "pavement":
+            return (
+                f"The pavements are laid with {value}.",
+                f"Are the pavements laid with {value}?",
+            )
+        if attribute == "buildings":
+            n = _number(value)
+            return (
+                f"There are {n} buildings along the street.",
+                f"Are there {n} buildings along the street?",
+            )
+        return f"The street's {attribute} is {value}.", f"Is the street's {attribute} {value}?"
+    building = c in BUILDING_CATEGORIES
+    plain = (f"The {c} is {value}.", f"Is the {c} {value}?")
+    if attribute == "name":
+        return f'The sign of the {c} says "{value}".', f'Is the {c} called "{value}"?'
+    if attribute == "colour":
+        if building:
+            return (
+                f"The {c} has {article(value)} {value} facade.",
+                f"Does the {c} have {article(value)} {value} facade?",
+            )
+        if c == "bus stop":
+            return (
+                f"The bus stop has {article(value)} {value} shelter.",
+                f"Does the bus stop have {article(value)} {value} shelter?",
+            )
+        if c == "lamp post":
+            return f"The lamp posts are {value}.", f"Are the lamp posts {value}?"
+        return plain
+    if attribute == "material":
+        if building:
+            return f"The {c} is built of {value}.", f"Is the {c} built of {value}?"
+        if c == "statue":
+            return f"The statue is made of {value}.", f"Is the statue made of {value}?"
+        return plain
+    if attribute == "floors":
+        floors = f"{article(_floors(value))} {_floors(value)} building"
+        return f"The {c} is {floors}.", f"Is the {c} {floors}?"
+    if attribute == "awning":
+        if value == "none":
+            return f"The {c} has no awnings.", f"Is the {c} without awnings?"
+        return f"The {c} has {value} awnings.", f"Does the {c} have {value} awnings?"
+    if attribute == "door":
+        door = f"{article(value)} {value} front door"
+        return f"The {c} has {door}.", f"Does the {c} have {door}?"
+    if attribute == "roof":
+        if value.startswith("gabled with "):
+            roof = f"a gabled roof with {article(value[12:])} {value[12:]}"
+        else:
+            roof = f"{article(value)} {value} roof"
+        return f"The {c} has {roof}.", f"Does the {c} have {roof}?"
+    if attribute == "count":
+        n = _number(value)
+        return f"There are {n} {plural(c)}.", f"Are there {n} {plural(c)}?"
+    if attribute == "species":
+        return f"The {c} is {article(value)} {value}.", f"Is the {c} {article(value)} {value}?"
+    if attribute == "subject":
+        return f"The {c} shows {value}.", f"Does the {c} show {value}?"
+    if attribute == "style":
+        return f"The {c} is {article(value)} {value}.", plain[1]
+    return plain
+
+
 def statement(category: str, attribute: str, value: str) -> str:
     """One short declarative sentence stating ``attribute = value`` of the category.
 
     Worded like the SynthCities descriptions, because the sentence is appended to the
     retrieval query.
     """
-    c = category
-    if c == STREET:
-        if attribute == "width":
-            return f"The street is {value}."
-        if attribute == "pavement":
-            return f"The pavements are laid with {value}."
-        if attribute == "buildings":
-            return f"There are {_number(value)} buildings along the street."
-        return f"The street's {attribute} is {value}."
-    building = c in BUILDING_CATEGORIES
-    if attribute == "name":
-        return f'The sign of the {c} says "{value}".'
-    if attribute == "colour":
-        if building:
-            return f"The {c} has {article(value)} {value} facade."
-        if c == "bus stop":
-            return f"The bus stop has {article(value)} {value} shelter."
-        if c == "lamp post":
-            return f"The lamp posts are {value}."
-        return f"The {c} is {value}."
-    if attribute == "material":
-        if building:
-            return f"The {c} is built of {value}."
-        if c == "statue":
-            return f"The statue is made of {value}."
-        return f"The {c} is {value}."
-    if attribute == "floors":
-        return f"The {c} is {article(_floors(value))} {_floors(value)} building."
-    if attribute == "awning":
-        if value == "none":
-            return f"The {c} has no awnings."
-        return f"The {c} has {value} awnings."
-    if attribute == "door":
-        return f"The {c} has {article(value)} {value} front door."
-    if attribute == "roof":
-        if value.startswith("gabled with "):
-            return f"The {c} has a gabled roof with {article(value[12:])} {value[12:]}."
-        return f"The {c} has {article(value)} {value} roof."
-    if attribute == "count":
-        return f"There are {_number(value)} {plural(c)}."
-    if attribute == "species":
-        return f"The {c} is {article(value)} {value}."
-    if attribute == "subject":
-        return f"The {c} shows {value}."
-    if attribute == "style":
-        return f"The {c} is {article(value)} {value}."
-    return f"The {c} is {value}."
+    return _phrasings(category, attribute, value)[0]
 
 
 def presence_statement(category: str, present: bool) -> str:
@@ -159,51 +184,7 @@ def presence_statement(category: str, present: bool) -> str:
 
 
 def _yes_no_text(category: str, attribute: str, value: str) -> str:
-    c = category
-    if c == STREET:
-        if attribute == "width":
-            return f"Is the street {value}?"
-        if attribute == "pavement":
-            return f"Are the pavements laid with {value}?"
-        if attribute == "buildings":
-            return f"Are there {_number(value)} buildings along the street?"
-        return f"Is the street's {attribute} {value}?"
-    building = c in BUILDING_CATEGORIES
-    if attribute == "name":
-        return f'Is the {c} called "{value}"?'
-    if attribute == "colour":
-        if building:
-            return f"Does the {c} have {article(value)} {value} facade?"
-        if c == "bus stop":
-            return f"Does the bus stop have {article(value)} {value} shelter?"
-        if c == "lamp post":
-            return f"Are the lamp posts {value}?"
-        return f"Is the {c} {value}?"
-    if attribute == "material":
-        if building:
-            return f"Is the {c} built of {value}?"
-        if c == "statue":
-            return f"Is the statue made of {value}?"
-        return f"Is the {c} {value}?"
-    if attribute == "floors":
-        return f"Is the {c} {article(_floors(value))} {_floors(value)} building?"
-    if attribute == "awning":
-        if value == "none":
-            return f"Is the {c} without awnings?"
-        return f"Does the {c} have {value} awnings?"
-    if attribute == "door":
-        return f"Does the {c} have {article(value)} {value} front door?"
-    if attribute == "roof":
-        if value.startswith("gabled with "):
-            return f"Does the {c} have a gabled roof with {article(value[12:])} {value[12:]}?"
-        return f"Does the {c} have {article(value)} {value} roof?"
-    if attribute == "count":
-        return f"Are there {_number(value)} {plural(c)}?"
-    if attribute == "species":
-        return f"Is the {c} {article(value)} {value}?"
-    if attribute == "subject":
-        return f"Does the {c} show {value}?"
-    return f"Is the {c} {value}?"
+    return _phrasings(category, attribute, value)[1]
 
 
 _OPEN_TEXT = {
