@@ -17,10 +17,10 @@ import functools
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from dlgpr_core.data.annotations import PlaceAnnotation
-from dlgpr_core.dialogue.knowledge import DONT_KNOW, PlaceKnowledge
+from dlgpr_core.dialogue.knowledge import DONT_KNOW, KnowledgeIndex, PlaceKnowledge
 from dlgpr_core.dialogue.parse import Parsed
 from dlgpr_core.dialogue.parse import parse_question as _parse_question
 from dlgpr_core.dialogue.questions import Question
@@ -115,7 +115,6 @@ def _normalise(text: str) -> str:
     return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
 
 
-@dataclass(frozen=True)
 class FactConsistencyReranker:
     """Lowers the score of places whose annotated facts contradict an answer.
 
@@ -124,26 +123,23 @@ class FactConsistencyReranker:
     the dialogue so the penalty is exactly a factor `epsilon` on the belief.
     """
 
-    places_by_id: Mapping[str, PlaceAnnotation]
-    epsilon: float = 0.05
-    temperature: float = 0.05
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.epsilon < 1.0:
-            raise ValueError(f"epsilon must be in (0, 1), got {self.epsilon}")
-        object.__setattr__(self, "_cache", {})
+    def __init__(
+        self,
+        places_by_id: Mapping[str, PlaceAnnotation],
+        epsilon: float = 0.05,
+        temperature: float = 0.05,
+    ) -> None:
+        if not 0.0 < epsilon < 1.0:
+            raise ValueError(f"epsilon must be in (0, 1), got {epsilon}")
+        self.places_by_id = places_by_id
+        self.epsilon = epsilon
+        self.temperature = temperature
+        self._knowledge = KnowledgeIndex(places_by_id)
 
     @property
     def penalty(self) -> float:
         """Score units removed per contradicted answer."""
         return self.temperature * math.log(1.0 / self.epsilon)
-
-    def _knowledge(self, place_id: str) -> PlaceKnowledge | None:
-        cache: dict[str, PlaceKnowledge | None] = self._cache  # type: ignore[attr-defined]
-        if place_id not in cache:
-            place = self.places_by_id.get(place_id)
-            cache[place_id] = PlaceKnowledge.from_place(place) if place else None
-        return cache[place_id]
 
     def __call__(
         self, ranking: Sequence[PlaceHit], questions: Sequence[Question], answers: Sequence[str]
@@ -154,7 +150,7 @@ class FactConsistencyReranker:
         pairs = list(zip(questions, answers, strict=False))
         scored: list[tuple[float, int, PlaceHit]] = []
         for i, hit in enumerate(ranking):
-            k = self._knowledge(hit.place_id)
+            k = self._knowledge.get(hit.place_id)
             n_bad = 0
             if k is not None:
                 n_bad = sum(consistent(k, q, a) is False for q, a in pairs)

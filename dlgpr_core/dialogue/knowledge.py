@@ -13,6 +13,7 @@ do not settle is answered "I don't know."
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from dlgpr_core.data.annotations import PlaceAnnotation
@@ -104,6 +105,26 @@ class PlaceKnowledge:
         return sentences
 
 
+class KnowledgeIndex:
+    """Each annotated place indexed once, on first use; un-annotated places know nothing.
+
+    Questioners and re-rankers look at the same few hundred candidates every round, so
+    the index is built lazily and kept."""
+
+    def __init__(self, places_by_id: Mapping[str, PlaceAnnotation]) -> None:
+        self.places = places_by_id
+        self._cache: dict[str, PlaceKnowledge] = {}
+
+    def get(self, place_id: str) -> PlaceKnowledge | None:
+        """The place's knowledge, or None when the map has no annotation for it."""
+        if place_id not in self._cache:
+            place = self.places.get(place_id)
+            if place is None:
+                return None
+            self._cache[place_id] = PlaceKnowledge.from_place(place)
+        return self._cache[place_id]
+
+
 def _prefix(word: str, sentence: str, use: bool) -> str:
     if not use:
         return sentence
@@ -112,4 +133,4 @@ def _prefix(word: str, sentence: str, use: bool) -> str:
     return f"{word}, {first.lower()}{rest}"
 
 
-__all__ = ["DONT_KNOW", "STREET", "Outcome", "PlaceKnowledge"]
+__all__ = ["DONT_KNOW", "STREET", "KnowledgeIndex", "Outcome", "PlaceKnowledge"]

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from dlgpr_core.data.annotations import PlaceAnnotation
 from dlgpr_core.dialogue.consistency import settled
-from dlgpr_core.dialogue.knowledge import Outcome, PlaceKnowledge
+from dlgpr_core.dialogue.knowledge import KnowledgeIndex, Outcome, PlaceKnowledge
 from dlgpr_core.dialogue.questions import Question, attribute_question, presence_question
 
 if TYPE_CHECKING:
@@ -49,22 +49,6 @@ def _entropy(probs: Sequence[float]) -> float:
     if total <= 0:
         return 0.0
     return -sum(p / total * math.log(p / total) for p in probs if p > 0)
-
-
-class _KnowledgeCache:
-    """Indexes each annotated place once; un-annotated places answer nothing."""
-
-    def __init__(self, places_by_id: Mapping[str, PlaceAnnotation]) -> None:
-        self.places = places_by_id
-        self._cache: dict[str, PlaceKnowledge] = {}
-
-    def get(self, place_id: str) -> PlaceKnowledge | None:
-        if place_id not in self._cache:
-            place = self.places.get(place_id)
-            if place is None:
-                return None
-            self._cache[place_id] = PlaceKnowledge.from_place(place)
-        return self._cache[place_id]
 
 
 def candidate_questions(knowledge: Sequence[PlaceKnowledge]) -> list[Question]:
@@ -105,7 +89,7 @@ class InfoGainQuestioner:
         self.top_k = top_k
         self.temperature = temperature
         self.open_questions = open_questions
-        self._knowledge = _KnowledgeCache(places_by_id)
+        self._knowledge = KnowledgeIndex(places_by_id)
 
     def _belief(self, state: DialogueState) -> tuple[list[str], list[float]]:
         hits = state.candidates[: self.top_k]
