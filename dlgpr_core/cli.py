@@ -500,8 +500,7 @@ def dialogue_eval(
     from tqdm import tqdm
 
     from dlgpr_core.data import scan_dataset
-    from dlgpr_core.data.annotations import read_annotations
-    from dlgpr_core.data.records import namespaced_place_id
+    from dlgpr_core.data.annotations import places_by_id, read_annotations
     from dlgpr_core.dialogue.engine import User
     from dlgpr_core.dialogue.evaluate import (
         DialogueLog,
@@ -547,7 +546,7 @@ def dialogue_eval(
             if not ann.exists():
                 raise FileNotFoundError(f"no annotations for {city}: expected {ann}")
             places = read_annotations(ann)
-            by_id = {namespaced_place_id(p.city, p.place_id): p for p in places}
+            by_id = places_by_id(places)
             db, enc = _open_or_create_map((maps or out / "maps") / city, encoder, None)
             report = db.build(scan_dataset(data, fmt="gsv", cities=[city]), enc, progress=False)
             if report.added:

@@ -45,8 +45,7 @@ def load_places_by_id(
     """Annotated places by namespaced id, as `dlgpr demo` reads them (``<root>/Annotations/
     <city>.jsonl``) for every data set the map was built from; `annotations` names an
     Annotations directory instead (a map whose data set moved)."""
-    from dlgpr_core.data.annotations import read_annotations
-    from dlgpr_core.data.records import namespaced_place_id
+    from dlgpr_core.data.annotations import places_by_id, read_annotations
     from dlgpr_core.mapdb.database import MapDatabase
 
     if annotations:
@@ -57,8 +56,7 @@ def load_places_by_id(
     places: dict[str, PlaceAnnotation] = {}
     for d in dirs:
         for path in sorted(d.glob("*.jsonl")):
-            for p in read_annotations(path):
-                places[namespaced_place_id(p.city, p.place_id)] = p
+            places.update(places_by_id(read_annotations(path)))
     return places
 
 

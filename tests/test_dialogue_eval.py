@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dlgpr_core.data.annotations import PlaceAnnotation, read_annotations
-from dlgpr_core.data.records import namespaced_place_id
+from dlgpr_core.data.annotations import PlaceAnnotation, places_by_id, read_annotations
 from dlgpr_core.dialogue.consistency import (
     FactConsistencyReranker,
     answer_polarity,
@@ -60,7 +59,7 @@ def places(tmp_path_factory: pytest.TempPathFactory) -> list[PlaceAnnotation]:
 
 @pytest.fixture(scope="module")
 def by_id(places: list[PlaceAnnotation]) -> dict[str, PlaceAnnotation]:
-    return {namespaced_place_id(p.city, p.place_id): p for p in places}
+    return places_by_id(places)
 
 
 def word_search(by_id: dict[str, PlaceAnnotation]) -> SearchFn:

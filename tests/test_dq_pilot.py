@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from dlgpr_core.data.annotations import PlaceAnnotation, read_annotations
-from dlgpr_core.data.records import namespaced_place_id
+from dlgpr_core.data.annotations import PlaceAnnotation, places_by_id, read_annotations
 from dlgpr_core.dialogue.dq_pilot import (
     DQ_PILOT_INSTRUCTION,
     GENERIC_QUESTIONS,
@@ -102,7 +101,7 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Plac
     root = tmp_path_factory.mktemp("dq_city")
     generate_city(root, "Dqville", 4, 1, seed=7, image_size=(96, 72), progress=False)
     places = read_annotations(root / "Annotations" / "Dqville.jsonl")
-    return root, {namespaced_place_id(p.city, p.place_id): p for p in places}
+    return root, places_by_id(places)
 
 
 def make_search(root: Path, by_id: dict[str, PlaceAnnotation]):

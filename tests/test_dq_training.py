@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from dlgpr_core.data.annotations import PlaceAnnotation, read_annotations
+from dlgpr_core.data.annotations import PlaceAnnotation, places_by_id, read_annotations
 from dlgpr_core.data.records import namespaced_place_id
 from dlgpr_core.dialogue.dq_data import (
     DQDataConfig,
@@ -61,7 +61,7 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Plac
     root = tmp_path_factory.mktemp("dq_train_city")
     generate_city(root, "Dqtown", 10, 1, seed=3, image_size=(64, 48), progress=False)
     places = read_annotations(root / "Annotations" / "Dqtown.jsonl")
-    return root, {namespaced_place_id(p.city, p.place_id): p for p in places}
+    return root, places_by_id(places)
 
 
 @pytest.fixture(scope="module")
@@ -296,7 +296,7 @@ def test_ddi_curriculum_splits_by_difficulty(tmp_path: Path) -> None:
     places = read_annotations(root / "Annotations" / "Dqtown.jsonl")
     search = LexicalSearch(places, root)
     examples = build_examples(places, search)
-    by_id = {namespaced_place_id(p.city, p.place_id): p for p in places}
+    by_id = places_by_id(places)
     scored = score_difficulty(examples, by_id, search.embed)
     with_ddi = [e for e in scored if e.ddi is not None]
     assert len(with_ddi) >= len(scored) // 2 > 0

@@ -43,8 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from dlgpr_core.data.annotations import PlaceAnnotation, read_annotations
-from dlgpr_core.data.records import namespaced_place_id
+from dlgpr_core.data.annotations import PlaceAnnotation, places_by_id, read_annotations
 from dlgpr_core.dialogue.dq_data import (
     DQDataConfig,
     DQExample,
@@ -408,7 +407,7 @@ def run_grpo(
         reward_weights=[g.reward_alpha, g.reward_beta],
         gradient_checkpointing=g.grad_checkpointing,
     )
-    by_id = {namespaced_place_id(p.city, p.place_id): p for p in places}
+    by_id = places_by_id(places)
     reward = RetrievalGainReward(by_id, search, search_k)
     dataset = to_hf_dataset(examples, cfg.data.image_max_side, with_completion=False)
     # trl types reward callables as returning list[float | None]; lists are invariant.
@@ -460,7 +459,7 @@ def train(cfg: DQTrainConfig) -> dict[str, str]:
     sft_set, grpo_set = list(examples), list(examples)
     if cfg.curriculum.enabled:
         c = cfg.curriculum
-        by_id = {namespaced_place_id(p.city, p.place_id): p for p in places}
+        by_id = places_by_id(places)
         scored = score_difficulty(examples, by_id, embed, c.ddi)
         sft_set, grpo_set = curriculum_split(
             scored, c.ddi, c.n_sft, c.n_grpo, c.major_share, seed=cfg.seed

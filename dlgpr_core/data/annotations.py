@@ -16,6 +16,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from dlgpr_core.data.records import namespaced_place_id
+
 SCHEMA_VERSION = "1.0"
 """Bumped whenever a field changes meaning or a required field is added."""
 
@@ -203,3 +205,8 @@ def write_annotations(path: Path | str, places: Iterable[PlaceAnnotation]) -> No
         for p in places:
             fh.write(p.model_dump_json())
             fh.write("\n")
+
+
+def places_by_id(places: Iterable[PlaceAnnotation]) -> dict[str, PlaceAnnotation]:
+    """Places keyed by their namespaced id ("City:id"), the id maps store and rank."""
+    return {namespaced_place_id(p.city, p.place_id): p for p in places}

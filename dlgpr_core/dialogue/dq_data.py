@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dlgpr_core.data.annotations import PlaceAnnotation
+from dlgpr_core.data.annotations import places_by_id as index_places
 from dlgpr_core.data.records import namespaced_place_id
 from dlgpr_core.dialogue.dq_pilot import (
     DQPilotConfig,
@@ -318,7 +319,7 @@ def build_examples(
     region phrases and the teacher's facts come from it.
     """
     cfg = config or DQDataConfig()
-    by_id = dict(places_by_id or {namespaced_place_id(p.city, p.place_id): p for p in places})
+    by_id = dict(places_by_id or index_places(places))
     teacher = InfoGainQuestioner(by_id, top_k=cfg.dialogue.top_k)
     prompter = prompt_questioner(cfg, by_id)
     engine = DialogueEngine(search, teacher, cfg.dialogue)

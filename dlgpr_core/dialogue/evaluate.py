@@ -15,13 +15,13 @@ import json
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from dlgpr_core.data.annotations import PlaceAnnotation
+from dlgpr_core.data.annotations import PlaceAnnotation, places_by_id
 from dlgpr_core.data.records import namespaced_place_id
 from dlgpr_core.dialogue.consistency import FactConsistencyReranker
 from dlgpr_core.dialogue.engine import (
@@ -62,34 +62,6 @@ def _chosen(places: Sequence[PlaceAnnotation], n: int | None, seed: int) -> list
     chosen = sorted(places, key=lambda p: (p.city, p.place_id))
     random.Random(seed).shuffle(chosen)
     return chosen if n is None else chosen[:n]
-
-
-def run_dialogues(
-    map_db: MapDatabase,
-    encoder: Encoder,
-    places: Sequence[PlaceAnnotation],
-    questioner: Questioner,
-    config: DialogueConfig | None = None,
-    n: int | None = None,
-    seed: int = 0,
-) -> list[DialogueResult]:
-    """Simulate `n` dialogues (all places when None), each starting from a place's caption.
-
-    The places are drawn without replacement by `seed`; the target is the place's
-    namespaced id, as stored in maps built from SynthCities/DQ-Cities.
-    """
-    cfg = config or DialogueConfig()
-    cfg = replace(cfg, search_k=max(cfg.search_k, map_db.info().n_places))
-    engine = DialogueEngine(map_search(map_db, encoder), questioner, cfg)
-    return [
-        engine.run(
-            p.caption,
-            FactUser(p),
-            namespaced_place_id(p.city, p.place_id),
-            dialogue_id=f"{p.city}:{p.place_id}:{seed}",
-        )
-        for p in _chosen(places, n, seed)
-    ]
 
 
 @dataclass(frozen=True)
@@ -284,7 +256,7 @@ def evaluate_city(
         confidence=settings.confidence,
         temperature=settings.temperature,
     )
-    by_id = {namespaced_place_id(p.city, p.place_id): p for p in places}
+    by_id = places_by_id(places)
     reranker = (
         FactConsistencyReranker(by_id, settings.epsilon, settings.temperature)
         if update == "facts"
