@@ -95,10 +95,8 @@ def _open_map(map_dir: Path) -> MapDatabase:
 
 def _map_encoder(db: MapDatabase, encoder: str | None, checkpoint: Path | None) -> Encoder:
     """The encoder given on the command line, else the one the map recorded at creation."""
-    spec = db.encoder_spec()
-    name = encoder or spec.get("name") or "dlgpr-lite"
-    ckpt = checkpoint or (Path(spec["checkpoint"]) if spec.get("checkpoint") else None)
-    return _encoder(name, ckpt)
+    name, ckpt = db.encoder_choice(encoder, checkpoint)
+    return _encoder(name, Path(ckpt) if ckpt else None)
 
 
 def _open_or_create_map(

@@ -48,9 +48,7 @@ def load_encoder(name: str, checkpoint: str | None) -> Encoder:
 def map_encoder(db: MapDatabase, encoder: str = "") -> Encoder:
     """The named encoder, else the one the map recorded when it was built (as `dlgpr map
     query` does), so a map works without naming its encoder again."""
-    spec = db.encoder_spec()
-    name = encoder or spec.get("name") or "dlgpr-lite"
-    checkpoint = spec.get("checkpoint") if not encoder or name == spec.get("name") else None
+    name, checkpoint = db.encoder_choice(encoder or None)
     enc = load_encoder(name, checkpoint)
     db.check_encoder(enc)
     return enc

@@ -473,3 +473,19 @@ def test_map_of_an_older_schema_is_refused_untouched(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(MapError, match="newer than the schema 2 this dlgpr reads; upgrade"):
         MapDatabase.open(directory)
+
+
+def test_encoder_choice_follows_the_recorded_spec(tmp_path: Path) -> None:
+    """No flag: the recorded encoder with its checkpoint; another encoder never gets the
+    recorded checkpoint; an explicit checkpoint always wins; nothing recorded: the default."""
+    with MapDatabase.create(tmp_path / "bare", "fp", 4) as db:
+        assert db.encoder_choice() == ("dlgpr-lite", None)
+    with MapDatabase.create(tmp_path / "map", "fp", 4) as db:
+        db.set_encoder_spec("cmpl:runs/x/best", "runs/x/best/model.safetensors")
+        assert db.encoder_choice() == ("cmpl:runs/x/best", "runs/x/best/model.safetensors")
+        assert db.encoder_choice("cmpl:runs/x/best")[1] == "runs/x/best/model.safetensors"
+        assert db.encoder_choice("dlgpr-lite") == ("dlgpr-lite", None)
+        assert db.encoder_choice(None, tmp_path / "w.st") == (
+            "cmpl:runs/x/best",
+            str(tmp_path / "w.st"),
+        )

@@ -260,9 +260,7 @@ def make_search(
     from dlgpr_core.mapdb.database import MapDatabase
 
     db = MapDatabase.open(r.map_dir)
-    spec = db.encoder_spec()
-    name = r.encoder or spec.get("name") or "dlgpr-lite"
-    ckpt = r.checkpoint or (Path(spec["checkpoint"]) if spec.get("checkpoint") else None)
+    name, ckpt = db.encoder_choice(r.encoder, r.checkpoint)
     encoder = create_encoder(name, checkpoint=ckpt)
     return map_search(db, encoder), r.search_k or db.info().n_places, encoder.encode_texts
 

@@ -224,6 +224,20 @@ class MapDatabase:
             meta = self._store.all_meta()
         return {k.removeprefix("encoder."): v for k, v in meta.items() if k.startswith("encoder.")}
 
+    def encoder_choice(
+        self, name: str | None = None, checkpoint: str | Path | None = None
+    ) -> tuple[str, str | None]:
+        """(encoder spec, checkpoint) to query this map with: the named encoder, else the
+        one recorded at creation; the recorded checkpoint goes only with the recorded
+        encoder, so a map needs no --encoder flag and never lends its weights to another."""
+        from dlgpr_core.encoders.factory import DEFAULT_NAME
+
+        spec = self.encoder_spec()
+        chosen = name or spec.get("name") or DEFAULT_NAME
+        if checkpoint:
+            return chosen, str(checkpoint)
+        return chosen, spec.get("checkpoint") if chosen == spec.get("name") else None
+
     def check_encoder(self, encoder: Encoder) -> None:
         """Embeddings of different encoders are not comparable: refuse, never mix."""
         if encoder.fingerprint != self.encoder_fingerprint:
