@@ -331,6 +331,16 @@ def test_dlgpr_eval_command_end_to_end(tmp_path: Path) -> None:
         check=False,
     )
     assert bad.returncode == 2 and "--update" in bad.stderr
+    # Bad names against the existing output: a clear error, and the log loses nothing.
+    for flag, value, words in (
+        ("--questioner", "telepathy", "unknown questioner"),
+        ("--cities", "Nowhere", "no annotations for Nowhere"),
+    ):
+        i = args.index(flag)
+        wrong = [*args[: i + 1], value, *args[i + 2 :]]
+        proc = subprocess.run(wrong, capture_output=True, text=True, timeout=300, check=False)
+        assert proc.returncode == 2 and words in proc.stderr, proc.stderr[-2000:]
+        assert (out / "dialogues.jsonl").read_text().splitlines() == lines
 
 
 @pytest.mark.slow
