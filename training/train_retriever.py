@@ -22,7 +22,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dlgpr_core.retriever.training import ConfigError, TrainConfig, train
+from dlgpr_core.retriever.train import ConfigError, TrainConfig, train
 
 
 def main(argv: list[str] | None = None) -> int:

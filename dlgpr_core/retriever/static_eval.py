@@ -191,8 +191,8 @@ def run_ablation(
     its best checkpoint (else its last) on ``cities`` (default: the config's val cities)."""
     from dlgpr_core.encoders.factory import create_encoder
 
-    from .training import TrainConfig
-    from .training import train as train_fn
+    from .train import TrainConfig
+    from .train import train as train_fn
 
     config_dir = Path(config_dir)
     table = EvalTable(meta={"config_dir": str(config_dir), "train": train, "rows": list(rows)})

@@ -1,0 +1,164 @@
+"""What a CMPL training run depends on: `TrainConfig` and how it is read from YAML.
+
+One config object describes a run completely (it is written beside every checkpoint), so a
+run can be repeated or resumed from its directory alone. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dlgpr_core.config import ConfigError, explain_validation_error, parse_override, set_dotted
+
+from ..config import ABLATION_PRESETS, CMPLConfig, ablation_preset
+from ..data import AugmentConfig
+
+__all__ = ["ConfigError", "TrainConfig"]
+
+
+class TrainConfig(BaseModel):
+    """Everything a run depends on. Unknown keys are errors, so a typo never falls back to a
+    default silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # data
+    data_root: Path
+    train_cities: list[str] = Field(min_length=1)
+    val_cities: list[str] = Field(default_factory=list)
+    val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
+    max_places_per_city: int | None = Field(default=None, ge=1)
+    caption_prob: float = Field(default=0.0, ge=0.0, le=1.0)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    num_workers: int = Field(default=0, ge=0)
+
+    # model: an inline CMPLConfig or the path of its YAML/JSON file
+    model: CMPLConfig = Field(default_factory=CMPLConfig)
+    ablation: str | None = None
+    allow_random: bool = False
+    grad_checkpointing: bool = False
+
+    # batch / optimisation
+    P: int = Field(default=16, ge=2)
+    K: int = Field(default=4, ge=1)
+    epochs: int = Field(default=10, ge=1)
+    max_steps: int | None = Field(default=None, ge=1)
+    lr: float = Field(default=1e-4, gt=0)
+    head_lr_mult: float = Field(default=1.0, gt=0)
+    weight_decay: float = Field(default=0.05, ge=0)
+    warmup_steps: int = Field(default=0, ge=0)
+    min_lr_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+    grad_accum: int = Field(default=1, ge=1)
+    # From-scratch warm-up: the first `gs_only_warmup_steps` steps train on L_gs alone (fine
+    # and VPR terms weighted 0), then their weight ramps linearly to 1 over `aux_ramp_steps`.
+    # On a random model the fine terms (local SDM even without HI) otherwise flatten every
+    # similarity within ~40 steps and drag the global embedding into the same collapse.
+    gs_only_warmup_steps: int = Field(default=0, ge=0)
+    aux_ramp_steps: int = Field(default=0, ge=0)
+    grad_clip: float | None = Field(default=1.0, gt=0)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    seed: int = 0
+    device: str | None = None  # None: cuda when available
+    find_unused_parameters: bool = False
+
+    # bookkeeping
+    out_dir: Path = Path("runs/cmpl")
+    log: Literal["csv", "tensorboard"] = "csv"
+    log_every: int = Field(default=1, ge=1)
+    progress: bool = True
+    checkpoint_every: int | None = Field(default=None, ge=1)
+    resume: bool | Path = True  # True: continue from out_dir/last when it exists
+    val_every: int | None = Field(default=None, ge=1)  # None: after every epoch
+    val_rerank_top: int | None = Field(default=100, ge=0)
+    val_batch_size: int = Field(default=32, ge=1)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_from_path(cls, value: Any) -> Any:
+        if isinstance(value, str | Path):
+            return CMPLConfig.load(value)
+        return value
+
+    @model_validator(mode="after")
+    def _apply_ablation(self) -> TrainConfig:
+        # Idempotent (a preset is a patch of switches), so re-validating a dumped config that
+        # already carries the patched model gives the same model.
+        if self.ablation is not None:
+            if self.ablation not in ABLATION_PRESETS:
+                raise ValueError(
+                    f"unknown ablation {self.ablation!r}; known: {sorted(ABLATION_PRESETS)}"
+                )
+            self.model = ablation_preset(self.ablation, self.model)
+        return self
+
+    # -- YAML ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
+        """Load a YAML config, then apply dotted ``key=value`` overrides (values parsed as
+        YAML: ``lr=3e-4``, ``train_cities=[A,B]``, ``model.use_hi=false``).
+
+        ``base: other.yaml`` merges this file over another (relative to this file), and a
+        ``model: file.yaml`` path is read relative to the config that names it.
+        """
+        data = _read_yaml_tree(Path(path))
+        for item in overrides:
+            key, value = parse_override(item)
+            _expand_model_path(data, key)
+            set_dotted(data, key, value)
+        return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            header = f"invalid training config ({source}):"
+            raise ConfigError(explain_validation_error(err, cls, header)) from err
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def save(self, path: Path) -> None:
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
+
+
+def _expand_model_path(data: dict[str, Any], key: str) -> None:
+    """Before a ``model.x=`` override, replace a ``model: <path>`` string (set by an earlier
+    ``model=<path>`` override) by that file's CMPLConfig dict, so the override patches the
+    named model instead of failing on a string."""
+    model = data.get("model")
+    if isinstance(model, str) and key.startswith("model."):
+        data["model"] = CMPLConfig.load(model).to_dict()
+
+
+def _read_yaml_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"config base chain loops: {[str(p) for p in (*seen, path)]}")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a training config must be a YAML mapping")
+    model = data.get("model")
+    if isinstance(model, str):
+        data["model"] = CMPLConfig.load(path.parent / model).to_dict()
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    merged = _read_yaml_tree(path.parent / str(base), (*seen, path))
+    return _deep_merge(merged, data)
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
