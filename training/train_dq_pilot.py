@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from dlgpr_core.config import ConfigError, apply_overrides, explain_validation_error
 from dlgpr_core.data.annotations import PlaceAnnotation, places_by_id, read_annotations
 from dlgpr_core.dialogue.dq_data import (
     DQDataConfig,
@@ -66,10 +67,6 @@ log = logging.getLogger("train_dq_pilot")
 TINY_PREFIX = "tiny:"
 EXAMPLES_FILE = "examples.jsonl"
 CONFIG_DUMP = "dq_train_config.yaml"
-
-
-class ConfigError(ValueError):
-    """A config that cannot be used, with the offending key named."""
 
 
 class _Strict(BaseModel):
@@ -187,18 +184,12 @@ class DQTrainConfig(_Strict):
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a training config must be a YAML mapping")
-        for item in overrides:
-            key, sep, raw = item.partition("=")
-            if not sep or not key.strip():
-                raise ConfigError(f"override {item!r} is not key=value")
-            _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        apply_overrides(data, overrides)
         try:
             return cls.model_validate(data)
         except ValidationError as err:
-            lines = [f"{path}: invalid DQ-pilot training config"]
-            for e in err.errors():
-                lines.append(f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}")
-            raise ConfigError("\n".join(lines)) from err
+            header = f"{path}: invalid DQ-pilot training config"
+            raise ConfigError(explain_validation_error(err, cls, header)) from err
 
     def data_config(self, search_k: int | None = None) -> DQDataConfig:
         """The example builder's settings (and so the inference prompt settings);
@@ -216,17 +207,6 @@ class DQTrainConfig(_Strict):
             max_regions=d.max_regions,
             min_prg=d.min_prg,
         )
-
-
-def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    node = data
-    parts = key.split(".")
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {key!r}: {part!r} is not a mapping")
-        node = child
-    node[parts[-1]] = value
 
 
 # --------------------------------------------------------------------------- data / search
