@@ -10,6 +10,7 @@ from .factory import (
     load_cmpl,
     save_cmpl,
 )
+from .features import ImageFeatures, TextFeatures
 from .long_text import (
     LongTextTokenizer,
     TokenizedText,
@@ -21,12 +22,12 @@ from .losses import (
     hi_loss,
     hi_loss_from_similarity,
     multi_similarity_loss,
-    pairwise_similarity,
     sdm_loss,
     sdm_loss_from_similarity,
 )
-from .model import CMPL, ImageFeatures, TextFeatures
+from .model import CMPL
 from .saliency import SaliencyFilter, cls_patch_attention
+from .similarity import pairwise_similarity
 
 __all__ = [
     "ABLATION_PRESETS",

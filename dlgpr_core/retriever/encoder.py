@@ -20,8 +20,8 @@ from PIL import Image
 from dlgpr_core.encoders.base import l2_normalise
 
 from .factory import CONFIG_FILE, WEIGHTS_FILE, image_preprocess, load_cmpl
-from .losses import pairwise_similarity
 from .model import CMPL
+from .similarity import pairwise_similarity
 
 CMPL_PREFIX = "cmpl:"
 

@@ -19,7 +19,8 @@ from torch import Tensor
 from dlgpr_core.encoders.evaluate import place_recall_from_embeddings
 
 from .data import PlaceTextDataset
-from .model import CMPL, ImageFeatures, TextFeatures
+from .features import ImageFeatures, TextFeatures
+from .model import CMPL
 
 
 @torch.no_grad()

@@ -13,20 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .features import ImageFeatures, TextFeatures
+from .similarity import pairwise_similarity
+
 if TYPE_CHECKING:
     from .config import CMPLConfig
-    from .model import ImageFeatures, TextFeatures
-
-
-def pairwise_similarity(a: Tensor, b: Tensor) -> Tensor:
-    """Cosine matrix [A, B] for global [N, D] or fine [N, Q, D] features (mean over queries)."""
-    a = F.normalize(a, dim=-1)
-    b = F.normalize(b, dim=-1)
-    if a.ndim == 2:
-        return a @ b.t()
-    if a.ndim == 3:
-        return torch.einsum("iqd,jqd->ij", a, b) / a.shape[1]
-    raise ValueError(f"expected [N, D] or [N, Q, D] features, got {tuple(a.shape)}")
 
 
 def same_place(a_ids: Tensor, b_ids: Tensor) -> Tensor:

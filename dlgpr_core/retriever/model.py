@@ -8,7 +8,6 @@ block's CLS attention, neither of which the stock forward exposes in one pass.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -20,23 +19,13 @@ from torch.utils.checkpoint import checkpoint
 
 from .config import CMPLConfig
 from .extractor import FineGrainedExtractor, text_padding_mask
+from .features import ImageFeatures, TextFeatures
 from .hf_text import hf_text_tower
 from .long_text import LongTextTokenizer, TokenizedText, text_tower_owner
-from .losses import pairwise_similarity
 from .saliency import SaliencyFilter, cls_patch_attention
+from .similarity import pairwise_similarity
 
-
-@dataclass
-class ImageFeatures:
-    global_: Tensor  # [B, D], L2-normalised open_clip image embedding
-    fine: dict[int, Tensor] = field(default_factory=dict)  # level -> [B, Q, fine_dim]
-    kept: dict[int, Tensor] = field(default_factory=dict)  # level -> kept patch indices [B, k]
-
-
-@dataclass
-class TextFeatures:
-    global_: Tensor  # [B, D], L2-normalised open_clip text embedding
-    fine: dict[int, Tensor] = field(default_factory=dict)  # level -> [B, Q, fine_dim]
+__all__ = ["CMPL", "ImageFeatures", "TextFeatures"]
 
 
 def _mean_by_owner(x: Tensor, owner: Tensor, n: int) -> Tensor:

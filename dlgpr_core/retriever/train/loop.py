@@ -37,8 +37,9 @@ from ..data import (
 )
 from ..evaluation import place_recall
 from ..factory import WEIGHTS_FILE, create_cmpl, image_preprocess, save_cmpl
+from ..features import ImageFeatures, TextFeatures
 from ..losses import CMPLLoss
-from ..model import CMPL, ImageFeatures, TextFeatures
+from ..model import CMPL
 from .checkpoint import (
     CONFIG_DUMP,
     STATE_FILE,
