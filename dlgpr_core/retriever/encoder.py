@@ -185,3 +185,14 @@ def cmpl_encoder(
     if model.levels and model.config.score_fine_weight:
         return CMPLEncoder(model, fingerprint, batch_size, device)
     return CMPLGlobalEncoder(model, fingerprint, batch_size, device)
+
+
+def load_cmpl_encoder(
+    argument: str, *, checkpoint: str | Path | None = None, device: str | None = None
+) -> CMPLGlobalEncoder:
+    """The ``cmpl:<checkpoint dir>`` kind of `create_encoder`, registered as the ``cmpl``
+    entry point of the ``dlgpr.encoders`` group (setup.py): the encoders package may not
+    import the retriever, so it finds this loader through the registry."""
+    if checkpoint is not None:
+        raise ValueError("a cmpl: encoder takes its weights from its directory, not --checkpoint")
+    return cmpl_encoder(argument, device=device)
