@@ -15,60 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dlgpr_core.data.records import SkippedItem
-
-SCHEMA_VERSION = 2
-"""2: image paths relative to their data set root plus a ``sources`` table (1 stored them
-absolute, which broke every map moved to another machine)."""
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (
-    key   TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS sources (
-    id          INTEGER PRIMARY KEY,
-    root        TEXT NOT NULL UNIQUE,
-    kind        TEXT,
-    first_built TEXT NOT NULL,
-    last_built  TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS places (
-    place_id TEXT PRIMARY KEY,
-    city     TEXT NOT NULL DEFAULT '',
-    lat      REAL NOT NULL,
-    lon      REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS images (
-    id        INTEGER PRIMARY KEY,
-    source_id INTEGER NOT NULL REFERENCES sources(id),
-    path      TEXT NOT NULL,
-    sha256    TEXT NOT NULL UNIQUE,
-    place_id  TEXT NOT NULL REFERENCES places(place_id),
-    lat       REAL NOT NULL,
-    lon       REAL NOT NULL,
-    heading   REAL,
-    date      TEXT,
-    UNIQUE (source_id, path)
-);
-CREATE INDEX IF NOT EXISTS images_place ON images(place_id);
-CREATE TABLE IF NOT EXISTS fine_features (
-    image_id INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
-    data     BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS skipped (
-    id     INTEGER PRIMARY KEY,
-    source TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    time   TEXT NOT NULL,
-    UNIQUE (source, reason)
-);
-"""
-"""``sources.root``: the data set root as an absolute POSIX path (symlinks resolved) where
-it was at build time, or where `MapDatabase.relocate` last pointed it. ``images.path``:
-POSIX, relative to that root, so a map and its data set can move together.
-``fine_features.data``: one image's float16 fine features (shape in meta ``fine_shape``),
-written in the same transaction as the image row, so SQLite alone keeps them consistent; only
-maps built with a FineEncoder have rows there (added to schema 2 maps as an empty table)."""
+from dlgpr_core.mapdb.schema import SCHEMA_SQL, SCHEMA_VERSION
 
 
 def utc_now() -> str:
@@ -106,9 +53,9 @@ class MapStore:
         self._conn.execute("PRAGMA foreign_keys=ON")
         self.stored_version = self._stored_version()
         # A map of another schema is left untouched: adding this version's tables to it
-        # would half-convert it. MapDatabase refuses it with a message saying to rebuild.
+        # would half-convert it. MapDirectory refuses it with a message saying to rebuild.
         if self.stored_version in (None, SCHEMA_VERSION):
-            self._conn.executescript(_SCHEMA)
+            self._conn.executescript(SCHEMA_SQL)
 
     def _stored_version(self) -> int | None:
         """The map's ``schema_version`` meta value; None for a new (or non-map) file."""
@@ -172,7 +119,6 @@ class MapStore:
     def all_meta(self) -> dict[str, str]:
         return {str(k): str(v) for k, v in self._conn.execute("SELECT key, value FROM meta")}
 
-    # -- images and places ----------------------------------------------------------
     # -- sources --------------------------------------------------------------------
     def source_id(self, root: str) -> int | None:
         row = self._conn.execute("SELECT id FROM sources WHERE root = ?", (root,)).fetchone()
