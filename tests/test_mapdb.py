@@ -321,8 +321,8 @@ def test_approximate_indexes_report_recall_against_exact(tmp_path: Path) -> None
             }
             for i in range(n)
         ]
-        db._store_batch(rows, vectors)
-        db._checkpoint()
+        db.writer.store_batch(rows, vectors)
+        db.writer.checkpoint()
         hnsw = db.build_approximate("hnsw", k=10)
         ivf = db.build_approximate("ivf", k=10)
         ivf_all = db.build_approximate("ivf", k=10, nprobe=10_000)
@@ -340,8 +340,8 @@ def test_approximate_indexes_report_recall_against_exact(tmp_path: Path) -> None
         places = db.search(query, None, k=3, approximate="hnsw")
         assert places[0].place_id == "p30" and len(places) == 3
         assert any(kind.startswith("hnsw (current") for kind in db.info().index_types)
-        db._store_batch([{**rows[0], "path": "new.jpg", "sha256": "f" * 64}], vectors[:1])
-        db._checkpoint()
+        db.writer.store_batch([{**rows[0], "path": "new.jpg", "sha256": "f" * 64}], vectors[:1])
+        db.writer.checkpoint()
         with pytest.raises(MapError, match="predates the last map build"):
             db.search(query, None, approximate="ivf")
 

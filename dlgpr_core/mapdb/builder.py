@@ -1,7 +1,8 @@
 """The batch loop behind `MapDatabase.build`: plan, load, de-duplicate, encode, store.
 
-Split from the database so the loop's bookkeeping (what to skip and why) reads in one
-place; all persistence goes through the database's `_store_batch` and `_checkpoint`.
+Split from the map so the loop's bookkeeping (what to skip and why) reads in one place;
+everything it asks of the map, and all persistence, goes through `BuildTarget`
+(`store_batch`, `checkpoint`), which the map implements.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,10 +21,7 @@ from dlgpr_core.encoders.base import Encoder, FineEncoder, l2_normalise
 from dlgpr_core.mapdb.errors import MapError
 from dlgpr_core.mapdb.loading import LoadedImage, load_image
 from dlgpr_core.mapdb.report import BuildReport
-from dlgpr_core.mapdb.store import utc_now
-
-if TYPE_CHECKING:
-    from dlgpr_core.mapdb.database import MapDatabase
+from dlgpr_core.mapdb.target import BatchRow, BuildTarget
 
 
 @dataclass(frozen=True)
@@ -55,7 +52,7 @@ class Builder:
 
     def __init__(
         self,
-        db: MapDatabase,
+        target: BuildTarget,
         encoder: Encoder,
         report: BuildReport,
         batch_size: int,
@@ -63,7 +60,7 @@ class Builder:
         workers: int,
         source_kind: str | None = None,
     ) -> None:
-        self.db = db
+        self.target = target
         self.encoder = encoder
         self.report = report
         self.batch_size = batch_size
@@ -84,17 +81,16 @@ class Builder:
         the root is resolved like `resolve_inside` resolves it, so both agree on the
         relative path whatever symlinks lead to the data set.
         """
-        store = self.db._store
+        target = self.target
         work = self.plan_reencodes()
         try:
             root = scan.root.resolve()
         except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
             raise MapError(f"cannot resolve the data set root {scan.root}: {exc}") from exc
         self.root_key = root.as_posix()
-        source_id = store.source_id(self.root_key)
+        source_id = target.source_id(self.root_key)
         if source_id is not None and scan.records:
-            store.begin()  # committed with the build's first checkpoint
-            store.touch_source(source_id, self.source_kind, utc_now())
+            target.touch_source(source_id, self.source_kind)
         seen_paths: set[str] = set()
         for record in scan.records:
             resolved = resolve_inside(scan.root, record.path)
@@ -107,7 +103,7 @@ class Builder:
                 self.skip(record.path, "path is not printable UTF-8")
             elif rel in seen_paths:
                 self.skip(key, "duplicate path: listed twice in the data set")
-            elif source_id is not None and store.path_exists(source_id, rel):
+            elif source_id is not None and target.path_exists(source_id, rel):
                 self.report.already_present += 1
             else:
                 seen_paths.add(rel)
@@ -120,9 +116,8 @@ class Builder:
         A missing root is reported once per image with the way out, instead of as many
         opaque "unreadable file" errors.
         """
-        rows = self.db._store.rows_by_ids(sorted(self.db._pending))
         work: list[WorkItem] = []
-        for row in rows.values():
+        for row in self.target.pending_rows():
             shown = f"{row.root.rstrip('/')}/{row.path}"
             root = Path(row.root)
             if not root.is_dir():
@@ -153,7 +148,7 @@ class Builder:
                 self.encode_and_store(batch, loaded)
                 bar.update(len(batch))
                 if time.monotonic() - last_checkpoint >= checkpoint_seconds:
-                    self.db._checkpoint()
+                    self.target.checkpoint()
                     last_checkpoint = time.monotonic()
 
     def accept(self, item: WorkItem, loaded: LoadedImage) -> bool:
@@ -170,7 +165,7 @@ class Builder:
             return False
         if item.row_id is not None:
             return True
-        earlier = self.seen_sha.get(loaded.sha256) or self.db._store.path_of_sha(loaded.sha256)
+        earlier = self.seen_sha.get(loaded.sha256) or self.target.path_of_sha(loaded.sha256)
         if earlier is not None:
             self.skip(source, f"duplicate image: same content as {earlier}")
             return False
@@ -183,7 +178,7 @@ class Builder:
             return
         images = [ld.image for _, ld in keep if ld.image is not None]
         fine: np.ndarray | None = None
-        shape = self.db.fine_shape
+        shape = self.target.fine_shape
         if shape is not None and isinstance(self.encoder, FineEncoder):
             raw, fine = self.encoder.encode_images_with_fine(images)
             vectors = np.asarray(raw, dtype=np.float32)
@@ -195,15 +190,15 @@ class Builder:
             fine = np.asarray(fine, dtype=np.float16)
         else:
             vectors = np.asarray(self.encoder.encode_images(images), dtype=np.float32)
-        if vectors.shape != (len(images), self.db.dim):
+        if vectors.shape != (len(images), self.target.dim):
             raise MapError(
                 f"encoder {self.encoder.fingerprint} returned shape {vectors.shape} for "
-                f"{len(images)} images; expected ({len(images)}, {self.db.dim})"
+                f"{len(images)} images; expected ({len(images)}, {self.target.dim})"
             )
         finite = [bool(np.isfinite(v).all()) for v in vectors]
         if fine is not None:  # float16 overflows to inf: such features cannot re-rank
             finite = [ok and bool(np.isfinite(f).all()) for ok, f in zip(finite, fine, strict=True)]
-        rows: list[dict[str, Any]] = []
+        rows: list[BatchRow] = []
         for (item, ld), ok in zip(keep, finite, strict=True):
             if not ok:
                 self.skip(item.path.as_posix(), "encoder produced a non-finite embedding")
@@ -212,7 +207,7 @@ class Builder:
         if not rows:
             return
         mask = np.asarray(finite, dtype=bool)
-        self.db._store_batch(
+        self.target.store_batch(
             rows, l2_normalise(vectors[mask]), None if fine is None else fine[mask]
         )
         self.report.reencoded += sum(1 for row in rows if row["id"] is not None)
@@ -229,8 +224,8 @@ def _utf8(text: str) -> bool:
 
 def _row(
     item: WorkItem, loaded: LoadedImage, source_root: str, source_kind: str | None
-) -> dict[str, Any]:
-    """A row for `MapDatabase._store_batch`; its source is created there on first use."""
+) -> BatchRow:
+    """A row for `BuildTarget.store_batch`; its source is created there on first use."""
     if item.record is None:
         return {"id": item.row_id}
     record = item.record
