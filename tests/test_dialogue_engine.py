@@ -10,18 +10,17 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from dlgpr_core.data.annotations import PlaceAnnotation, places_by_id, read_annotations
-from dlgpr_core.dialogue.engine import DialogueConfig, DialogueEngine
-from dlgpr_core.dialogue.evaluate import summarise
+from dlgpr_core.dialogue.engine import DialogueEngine
 from dlgpr_core.dialogue.knowledge import DONT_KNOW, PlaceKnowledge
 from dlgpr_core.dialogue.questioners import (
     InfoGainQuestioner,
     RandomFactQuestioner,
     candidate_questions,
-    make_questioner,
 )
 from dlgpr_core.dialogue.questions import (
     BUILDING_CATEGORIES,
@@ -30,10 +29,13 @@ from dlgpr_core.dialogue.questions import (
     presence_question,
     statement,
 )
-from dlgpr_core.dialogue.user import FactUser
+from dlgpr_core.dialogue.registry import make_questioner
+from dlgpr_core.dialogue.state import DialogueConfig
+from dlgpr_core.evaluation.summary import summarise
 from dlgpr_core.mapdb.report import PlaceHit
 from dlgpr_core.synth.city import generate_city
 from dlgpr_core.synth.vocabulary import BUILDINGS
+from dlgpr_core.users.fact import FactUser
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +220,7 @@ def test_info_gain_is_fast(by_id: dict[str, PlaceAnnotation]) -> None:
 @pytest.mark.parametrize("name", ["info-gain", "random"])
 def test_engine_loop(name: str, by_id: dict[str, PlaceAnnotation]) -> None:
     search = overlap_search(by_id)
-    kwargs = {"seed": 1} if name == "random" else {}
+    kwargs: dict[str, Any] = {"seed": 1} if name == "random" else {}
     qn = make_questioner(name, places_by_id=by_id, **kwargs)
     engine = DialogueEngine(search, qn, DialogueConfig(max_rounds=5, confidence=None, search_k=30))
     target_id, place = next(iter(by_id.items()))

@@ -23,15 +23,6 @@ from dlgpr_core.dialogue.consistency import (
     consistent,
 )
 from dlgpr_core.dialogue.engine import SearchFn
-from dlgpr_core.dialogue.evaluate import (
-    DialogueLog,
-    EvalSettings,
-    evaluate_city,
-    plot_recall,
-    summarise_records,
-    table_markdown,
-    write_table,
-)
 from dlgpr_core.dialogue.knowledge import DONT_KNOW, PlaceKnowledge
 from dlgpr_core.dialogue.metrics import bri, cumulative_recall_at_k
 from dlgpr_core.dialogue.questioners import (
@@ -45,9 +36,17 @@ from dlgpr_core.dialogue.questions import (
     presence_question,
     statement,
 )
-from dlgpr_core.dialogue.user import FactUser
+from dlgpr_core.evaluation.log import DialogueLog
+from dlgpr_core.evaluation.runner import EvalSettings, evaluate_city
+from dlgpr_core.evaluation.summary import (
+    plot_recall,
+    summarise_records,
+    table_markdown,
+    write_table,
+)
 from dlgpr_core.mapdb.report import PlaceHit
 from dlgpr_core.synth.city import generate_city
+from dlgpr_core.users.fact import FactUser
 
 
 @pytest.fixture(scope="module")
@@ -389,7 +388,8 @@ def test_info_gain_never_asks_what_an_answer_settled(
     places: list[PlaceAnnotation], by_id: dict[str, PlaceAnnotation]
 ) -> None:
     from dlgpr_core.dialogue.consistency import probe_of, settled
-    from dlgpr_core.dialogue.engine import DialogueConfig, DialogueEngine
+    from dlgpr_core.dialogue.engine import DialogueEngine
+    from dlgpr_core.dialogue.state import DialogueConfig
 
     engine = DialogueEngine(
         word_search(by_id),

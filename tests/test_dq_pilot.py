@@ -25,11 +25,12 @@ from dlgpr_core.dialogue.dq_pilot import (
     ParseFailure,
     parse_dq_output,
 )
-from dlgpr_core.dialogue.engine import DialogueConfig, DialogueEngine, DialogueState
+from dlgpr_core.dialogue.engine import DialogueEngine
 from dlgpr_core.dialogue.questions import free_question, presence_question
-from dlgpr_core.dialogue.user import FactUser
+from dlgpr_core.dialogue.state import DialogueConfig, DialogueState
 from dlgpr_core.mapdb.report import PlaceHit
 from dlgpr_core.synth.city import generate_city
+from dlgpr_core.users.fact import FactUser
 
 GOOD = "<think>Candidates 1 and 2 differ by the bank.</think><question>Is there a bank?</question>"
 

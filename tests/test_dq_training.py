@@ -22,29 +22,28 @@ import pytest
 
 from dlgpr_core.data.annotations import PlaceAnnotation, places_by_id, read_annotations
 from dlgpr_core.data.records import namespaced_place_id
-from dlgpr_core.dialogue.dq_data import (
-    DQDataConfig,
-    DQExample,
-    LexicalSearch,
-    RetrievalGainReward,
-    build_examples,
-    format_ok,
-    format_reward,
-    read_examples,
-    to_hf_dataset,
-    write_examples,
-)
 from dlgpr_core.dialogue.dq_pilot import (
     DQPilotConfig,
     DQPilotQuestioner,
     ParsedOutput,
     parse_dq_output,
 )
-from dlgpr_core.dialogue.engine import DialogueConfig, DialogueEngine
+from dlgpr_core.dialogue.engine import DialogueEngine
 from dlgpr_core.dialogue.questioners import InfoGainQuestioner
-from dlgpr_core.dialogue.user import FactUser
+from dlgpr_core.dialogue.state import DialogueConfig
+from dlgpr_core.dq_training.examples import (
+    DQDataConfig,
+    DQExample,
+    build_examples,
+    read_examples,
+    write_examples,
+)
+from dlgpr_core.dq_training.hf_dataset import to_hf_dataset
+from dlgpr_core.dq_training.lexical_search import LexicalSearch
+from dlgpr_core.dq_training.rewards import RetrievalGainReward, format_ok, format_reward
 from dlgpr_core.mapdb.report import PlaceHit
 from dlgpr_core.synth.city import generate_city
+from dlgpr_core.users.fact import FactUser
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -288,8 +287,8 @@ def test_sft_then_grpo_produce_a_loadable_adapter(
 def test_ddi_curriculum_splits_by_difficulty(tmp_path: Path) -> None:
     """SA/DDI on real built examples, then the paper's split: PRG filter, SFT mostly
     low-DDI, GRPO mostly high-DDI, disjoint."""
-    from dlgpr_core.dialogue.dq_data import curriculum_split, score_difficulty
     from dlgpr_core.dialogue.metrics import DDIConfig
+    from dlgpr_core.dq_training.curriculum import curriculum_split, score_difficulty
 
     root = tmp_path / "data"
     generate_city(root, "Dqtown", 10, 1, seed=3, image_size=(64, 48), progress=False)

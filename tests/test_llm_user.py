@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from dlgpr_core.dialogue.knowledge import DONT_KNOW
-from dlgpr_core.dialogue.llm_user import LLMUser, clean_reply, ungrounded_terms
 from dlgpr_core.dialogue.questions import attribute_question, presence_question
+from dlgpr_core.users.llm import LLMUser, clean_reply, ungrounded_terms
 
 DESCRIPTION = (
     "A narrow street paved with cobblestones. On the far side stands a bank with a red "

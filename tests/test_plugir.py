@@ -17,14 +17,15 @@ import pytest
 
 from dlgpr_core.data.annotations import PlaceAnnotation
 from dlgpr_core.dialogue import plugir
-from dlgpr_core.dialogue.engine import DialogueConfig, DialogueEngine, DialogueState
-from dlgpr_core.dialogue.llm_user import LLMUser
+from dlgpr_core.dialogue.belief import softmax_belief
+from dlgpr_core.dialogue.engine import DialogueEngine
 from dlgpr_core.dialogue.plugir import PlugIRQuestioner, PlugIRSearch, kl_divergence, parse_question
-from dlgpr_core.dialogue.questioners import softmax_belief
 from dlgpr_core.dialogue.questions import free_question
+from dlgpr_core.dialogue.state import DialogueConfig, DialogueState
 from dlgpr_core.llm.chat import TransformersChat
 from dlgpr_core.llm.tiny import build_tiny_causal_lm
 from dlgpr_core.mapdb.report import PlaceHit
+from dlgpr_core.users.llm import LLMUser
 
 N = 12
 

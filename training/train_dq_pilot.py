@@ -45,22 +45,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dlgpr_core.config import ConfigError, apply_overrides, explain_validation_error
 from dlgpr_core.data.annotations import PlaceAnnotation, places_by_id, read_annotations
-from dlgpr_core.dialogue.dq_data import (
+from dlgpr_core.dialogue.engine import SearchFn
+from dlgpr_core.dialogue.metrics import DDIConfig
+from dlgpr_core.dialogue.state import DialogueConfig
+from dlgpr_core.dq_training.curriculum import EmbedTexts, curriculum_split, score_difficulty
+from dlgpr_core.dq_training.examples import (
     DQDataConfig,
     DQExample,
-    EmbedTexts,
-    LexicalSearch,
-    RetrievalGainReward,
     build_examples,
-    curriculum_split,
-    format_reward,
     read_examples,
-    score_difficulty,
-    to_hf_dataset,
     write_examples,
 )
-from dlgpr_core.dialogue.engine import DialogueConfig, SearchFn
-from dlgpr_core.dialogue.metrics import DDIConfig
+from dlgpr_core.dq_training.hf_dataset import to_hf_dataset
+from dlgpr_core.dq_training.lexical_search import LexicalSearch
+from dlgpr_core.dq_training.rewards import RetrievalGainReward, format_reward
 
 log = logging.getLogger("train_dq_pilot")
 
@@ -235,7 +233,7 @@ def make_search(
         return lexical, r.search_k or len(places), lexical.embed
     if r.map_dir is None:
         raise ConfigError("retrieval.kind=map needs retrieval.map_dir")
-    from dlgpr_core.dialogue.evaluate import map_search
+    from dlgpr_core.dialogue.engine import map_search
     from dlgpr_core.encoders.factory import create_encoder
     from dlgpr_core.mapdb.database import MapDatabase
 

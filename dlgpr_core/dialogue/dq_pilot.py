@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from dlgpr_core.data.annotations import PlaceAnnotation
-from dlgpr_core.dialogue.questioners import InfoGainQuestioner, Questioner
+from dlgpr_core.dialogue.questioner import Questioner
+from dlgpr_core.dialogue.questioners import InfoGainQuestioner
 from dlgpr_core.dialogue.questions import Question, free_question
+from dlgpr_core.dialogue.state import DialogueState
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from dlgpr_core.dialogue.engine import DialogueState
     from dlgpr_core.llm.vlm import ChatBackend, Message
 
 log = logging.getLogger(__name__)

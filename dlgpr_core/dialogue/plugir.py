@@ -35,15 +35,16 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from dlgpr_core.data.annotations import PlaceAnnotation
-from dlgpr_core.dialogue.questioners import softmax_belief
+from dlgpr_core.dialogue.belief import softmax_belief
 from dlgpr_core.dialogue.questions import Question, free_question
+from dlgpr_core.dialogue.state import DialogueState
 from dlgpr_core.llm.chat import ChatModel
 from dlgpr_core.mapdb.report import PlaceHit
 from dlgpr_core.synth.rephrase.lexicon import CATEGORY_SYNONYMS
 
 if TYPE_CHECKING:
     # Type-only: the questioner registry imports questioners, and the engine imports it.
-    from dlgpr_core.dialogue.engine import DialogueState, SearchFn
+    from dlgpr_core.dialogue.engine import SearchFn
 
 log = logging.getLogger(__name__)
 

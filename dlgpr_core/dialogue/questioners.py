@@ -7,48 +7,16 @@ the LLM questioner two reference points: a strong heuristic and chance.
 
 from __future__ import annotations
 
-import math
 import random
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Mapping, Sequence
 
 from dlgpr_core.data.annotations import PlaceAnnotation
+from dlgpr_core.dialogue.belief import entropy, softmax_belief
 from dlgpr_core.dialogue.consistency import settled
 from dlgpr_core.dialogue.knowledge import KnowledgeIndex, Outcome, PlaceKnowledge
 from dlgpr_core.dialogue.questions import Question, attribute_question, presence_question
-
-if TYPE_CHECKING:
-    from dlgpr_core.dialogue.engine import DialogueState
-
-
-class Questioner(Protocol):
-    """Picks the next question from the dialogue state; None when it has nothing to ask."""
-
-    name: str
-
-    def ask(self, state: DialogueState) -> Question | None:
-        """The next question (never one whose probe was already asked)."""
-        ...
-
-
-def softmax_belief(scores: Sequence[float], temperature: float) -> list[float]:
-    """softmax(scores / temperature), the retrieval scores read as a belief over places."""
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    if not scores:
-        return []
-    top = max(scores)
-    exps = [math.exp((s - top) / temperature) for s in scores]
-    total = sum(exps)
-    return [e / total for e in exps]
-
-
-def _entropy(probs: Sequence[float]) -> float:
-    total = sum(probs)
-    if total <= 0:
-        return 0.0
-    return -sum(p / total * math.log(p / total) for p in probs if p > 0)
+from dlgpr_core.dialogue.state import DialogueState
 
 
 def candidate_questions(knowledge: Sequence[PlaceKnowledge]) -> list[Question]:
@@ -109,7 +77,7 @@ class InfoGainQuestioner:
         for k, b in zip(knowledge, belief, strict=True):
             groups[k.outcome(question) if k is not None else ("unknown",)].append(b)
         total = sum(belief)
-        return sum(sum(g) / total * _entropy(g) for g in groups.values())
+        return sum(sum(g) / total * entropy(g) for g in groups.values())
 
     def ask(self, state: DialogueState) -> Question | None:
         """The minimum-expected-entropy probe not asked yet and not already settled by an
@@ -166,59 +134,3 @@ class RandomFactQuestioner:
                 if q.key not in asked:
                     return q
         return None
-
-
-def _vlm_questioner(
-    places_by_id: Mapping[str, PlaceAnnotation] | None = None,
-    model: str | None = None,
-    adapter: str | None = None,
-    **options: Any,
-) -> Questioner:
-    """DQ-pilot (with a LoRA adapter) or its zero-shot baseline (without); the model loads
-    here, once, so callers share one questioner between dialogues."""
-    from dlgpr_core.dialogue.dq_pilot import DQPilotConfig, DQPilotQuestioner
-
-    fields: dict[str, Any] = dict(options, adapter=adapter)
-    if model:
-        fields["model"] = model
-    cfg = DQPilotConfig(**fields)
-    return DQPilotQuestioner(cfg, places_by_id=places_by_id)
-
-
-def _zero_shot(**kwargs: Any) -> Questioner:
-    if kwargs.get("adapter"):
-        raise ValueError("vlm-zero-shot runs the VLM without an adapter; use dq-pilot for one")
-    return _vlm_questioner(**kwargs)
-
-
-def _plugir(
-    places_by_id: Mapping[str, PlaceAnnotation],
-    search: Callable[[str, int], Any],
-    llm: str | None = None,
-    **options: Any,
-) -> Questioner:
-    """The PlugIR baseline over a chat model given by spec (path, hub id, openai:...)."""
-    from dlgpr_core.dialogue.plugir import PlugIRQuestioner
-    from dlgpr_core.llm.chat import create_chat_model
-
-    if not llm:
-        raise ValueError("plugir needs a chat model: pass llm=<path, hub id or openai:...>")
-    return PlugIRQuestioner(create_chat_model(llm), search, places_by_id, **options)
-
-
-QUESTIONERS: dict[str, Callable[..., Questioner]] = {
-    "info-gain": InfoGainQuestioner,
-    "random": RandomFactQuestioner,
-    "dq-pilot": _vlm_questioner,
-    "vlm-zero-shot": _zero_shot,
-    "plugir": _plugir,
-}
-
-
-def make_questioner(name: str, **kwargs: Any) -> Questioner:
-    """Build a registered questioner by name (see `QUESTIONERS`)."""
-    try:
-        factory = QUESTIONERS[name]
-    except KeyError:
-        raise ValueError(f"unknown questioner {name!r}; known: {sorted(QUESTIONERS)}") from None
-    return factory(**kwargs)

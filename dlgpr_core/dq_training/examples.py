@@ -1,4 +1,4 @@
-"""DQ-pilot training data and GRPO rewards (paper Sec. 4.3).
+"""DQ-pilot training examples: the teacher's dialogues turned into (prompt, target) pairs.
 
 SFT needs (prompt, target) pairs that look exactly like what the questioner sees at
 inference, and GRPO needs, per prompt, enough dialogue state to re-run the retriever with
@@ -20,16 +20,11 @@ plausible reasoning pattern, not a free-form chain of thought.
 from __future__ import annotations
 
 import json
-import math
-import random
 import re
-from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from dlgpr_core.data.annotations import PlaceAnnotation
 from dlgpr_core.data.annotations import places_by_id as index_places
@@ -37,26 +32,18 @@ from dlgpr_core.data.records import namespaced_place_id
 from dlgpr_core.dialogue.dq_pilot import (
     DQPilotConfig,
     DQPilotQuestioner,
-    ParsedOutput,
-    parse_dq_output,
 )
-from dlgpr_core.dialogue.engine import DialogueConfig, DialogueEngine, DialogueState, SearchFn
+from dlgpr_core.dialogue.engine import DialogueEngine, SearchFn
 from dlgpr_core.dialogue.knowledge import DONT_KNOW, PlaceKnowledge
-from dlgpr_core.dialogue.metrics import DDIConfig, prg, semantic_ambiguity
+from dlgpr_core.dialogue.metrics import prg
 from dlgpr_core.dialogue.questioners import InfoGainQuestioner
-from dlgpr_core.dialogue.questions import Question, free_question
-from dlgpr_core.dialogue.user import FactUser
+from dlgpr_core.dialogue.questions import Question
+from dlgpr_core.dialogue.state import DialogueConfig, DialogueState
 from dlgpr_core.mapdb.report import PlaceHit
+from dlgpr_core.users.fact import FactUser
 
 if TYPE_CHECKING:
-    from datasets import Dataset
-    from PIL import Image
-
     from dlgpr_core.llm.vlm import Message
-
-RewardFn = Callable[..., list[float]]
-"""trl's reward signature: ``f(completions, **dataset_columns) -> one float per completion``."""
-
 
 # --------------------------------------------------------------------------- examples
 
@@ -358,308 +345,3 @@ def build_examples(
                 )
             )
     return out
-
-
-EmbedTexts = Callable[[Sequence[str]], np.ndarray]
-"""texts -> L2-normalised rows: the retriever's text encoder (phi_T of paper Eq. 1)."""
-
-
-def score_difficulty(
-    examples: Sequence[DQExample],
-    places_by_id: Mapping[str, PlaceAnnotation],
-    embed: EmbedTexts,
-    ddi_config: DDIConfig | None = None,
-) -> list[DQExample]:
-    """Each example with its SA and DDI (paper Eqs. 1 and 3).
-
-    Our reading of Eq. 1 for a dialogue round: t_t is the round's query (d0 + answers), its
-    positive the target's description, its negatives the descriptions of the round's other
-    top-k candidates: ambiguous when the query reads like the look-alikes and unlike its
-    own place. RID = 1 - the teacher's PRG (how little the round's question resolved).
-    """
-    cfg = ddi_config or DDIConfig()
-    texts: dict[str, str] = {}
-
-    def text_of(pid: str) -> str | None:
-        place = places_by_id.get(pid)
-        return place.description if place is not None else None
-
-    rows: list[tuple[int, str, list[str]]] = []
-    for i, ex in enumerate(examples):
-        negatives = [pid for pid in ex.candidates if pid != ex.target and text_of(pid)]
-        if text_of(ex.target) is None or not negatives:
-            continue
-        query = " ".join((ex.d0, *ex.answers))
-        rows.append((i, query, negatives))
-        texts[ex.target] = text_of(ex.target) or ""
-        texts.update({pid: text_of(pid) or "" for pid in negatives})
-    ids = sorted(texts)
-    place_vecs = dict(zip(ids, embed([texts[pid] for pid in ids]), strict=True)) if ids else {}
-    query_vecs = embed([q for _, q, _ in rows]) if rows else np.zeros((0, 1))
-    out = list(examples)
-    for (i, _, negatives), qv in zip(rows, query_vecs, strict=True):
-        ex = examples[i]
-        vecs = [qv, place_vecs[ex.target], *(place_vecs[p] for p in negatives)]
-        if any(not np.any(v) for v in vecs):
-            continue  # a text the encoder cannot embed: cosine undefined, DDI left unset
-        sa = semantic_ambiguity(
-            qv, place_vecs[ex.target], np.stack([place_vecs[p] for p in negatives]), cfg.alpha
-        )
-        out[i] = replace(ex, sa=sa, ddi=cfg.score(sa, 1.0 - ex.teacher_prg))
-    return out
-
-
-def curriculum_split(
-    examples: Sequence[DQExample],
-    ddi_config: DDIConfig | None = None,
-    n_sft: int | None = None,
-    n_grpo: int | None = None,
-    major_share: float = 0.7,
-    seed: int = 0,
-) -> tuple[list[DQExample], list[DQExample]]:
-    """The paper's curriculum: drop rounds with PRG < tau_1, then an SFT set that is
-    `major_share` low-DDI and a disjoint GRPO set that is `major_share` high-DDI.
-
-    Sizes default to a 2:1 split of what survives (the paper's 20k : 10k); a side short
-    of examples is topped up from the other, so no example is wasted. Examples without a
-    DDI (no negatives) count as low-DDI."""
-    cfg = ddi_config or DDIConfig()
-    if not 0.0 <= major_share <= 1.0:
-        raise ValueError(f"major_share must be in [0, 1], got {major_share}")
-    kept = [e for e in examples if cfg.keep(e.teacher_prg)]
-    rng = random.Random(seed)
-    low = [e for e in kept if e.ddi is None or not cfg.is_high(e.ddi)]
-    high = [e for e in kept if e.ddi is not None and cfg.is_high(e.ddi)]
-    rng.shuffle(low)
-    rng.shuffle(high)
-    n_sft = round(len(kept) * 2 / 3) if n_sft is None else n_sft
-    n_grpo = len(kept) - n_sft if n_grpo is None else n_grpo
-
-    def take(first: list[DQExample], second: list[DQExample], n: int) -> list[DQExample]:
-        want = min(round(major_share * n), len(first))
-        chosen = first[:want]
-        del first[:want]
-        rest = min(n - len(chosen), len(second))
-        chosen += second[:rest]
-        del second[:rest]
-        extra = min(n - len(chosen), len(first))
-        chosen += first[:extra]
-        del first[:extra]
-        return chosen
-
-    sft = take(low, high, n_sft)
-    grpo = take(high, low, n_grpo)
-    return sft, grpo
-
-
-def _load_image(path: str, max_side: int) -> Image.Image:
-    # Same decoding and resizing as DQPilotQuestioner's ImageCache, so training pixels
-    # equal inference pixels.
-    from PIL import Image
-
-    with Image.open(path) as raw:
-        img = raw.convert("RGB")
-    img.thumbnail((max_side, max_side))
-    return img
-
-
-def to_hf_dataset(
-    examples: Sequence[DQExample], image_max_side: int, with_completion: bool = True
-) -> Dataset:
-    """The conversational ``prompt`` + ``images`` columns trl's trainers read (SFT: also
-    ``completion``, as one assistant message), plus the reward state columns."""
-    from datasets import Dataset
-
-    rows: list[dict[str, Any]] = []
-    for ex in examples:
-        row: dict[str, Any] = {
-            "prompt": ex.prompt,
-            "images": [_load_image(p, image_max_side) for p in ex.images],
-            "example_id": ex.example_id,
-            "target": ex.target,
-            "d0": ex.d0,
-            "questions": list(ex.questions),
-            "answers": list(ex.answers),
-            "prev_rank": ex.prev_rank,
-        }
-        if with_completion:
-            row["completion"] = [
-                {"role": "assistant", "content": [{"type": "text", "text": ex.completion}]}
-            ]
-        rows.append(row)
-    return Dataset.from_list(rows)
-
-
-# --------------------------------------------------------------------------- search
-
-
-class LexicalSearch:
-    """Deterministic TF-IDF cosine over place descriptions: a CPU stand-in retriever for
-    tiny configs and tests where no trained map exists. Not the paper's retriever (CMPL);
-    use `dlgpr_core.dialogue.evaluate.map_search` for real runs."""
-
-    def __init__(self, places: Sequence[PlaceAnnotation], image_root: str | Path) -> None:
-        self.places = list(places)
-        self.image_root = str(image_root)
-        docs = [_tokens(p.description) for p in self.places]
-        df: Counter[str] = Counter()
-        for d in docs:
-            df.update(set(d))
-        n = len(docs)
-        self.idf = {w: math.log((1 + n) / (1 + c)) + 1.0 for w, c in df.items()}
-        self.vectors = [self._vector(d) for d in docs]
-
-    def _vector(self, tokens: Sequence[str]) -> dict[str, float]:
-        tf = Counter(tokens)
-        vec = {w: c * self.idf.get(w, 0.0) for w, c in tf.items() if w in self.idf}
-        norm = math.sqrt(sum(v * v for v in vec.values())) or 1.0
-        return {w: v / norm for w, v in vec.items()}
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Dense unit TF-IDF rows over the description vocabulary (the curriculum's
-        stand-in text encoder; all-zero for text with no known word)."""
-        vocab = {w: i for i, w in enumerate(sorted(self.idf))}
-        out = np.zeros((len(texts), len(vocab)), dtype=np.float32)
-        for row, text in enumerate(texts):
-            for w, v in self._vector(_tokens(text)).items():
-                out[row, vocab[w]] = v
-        return out
-
-    def __call__(self, text: str, k: int) -> list[PlaceHit]:
-        q = self._vector(_tokens(text))
-        scores = [sum(q.get(w, 0.0) * v for w, v in vec.items()) for vec in self.vectors]
-        order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k]
-        hits: list[PlaceHit] = []
-        for rank, i in enumerate(order, start=1):
-            p = self.places[i]
-            image = p.views[0].image if p.views else ""
-            hits.append(
-                PlaceHit(
-                    rank,
-                    scores[i],
-                    namespaced_place_id(p.city, p.place_id),
-                    0.0,
-                    0.0,
-                    image,
-                    i,
-                    p.city,
-                    self.image_root,
-                )
-            )
-        return hits
-
-
-def _tokens(text: str) -> list[str]:
-    return re.findall(r"[a-z]+", text.lower())
-
-
-# --------------------------------------------------------------------------- rewards
-
-
-def completion_text(completion: Any) -> str:
-    """The generated text of one completion, plain or conversational (trl passes a list
-    of assistant messages for conversational prompts)."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, list) and completion:
-        content = completion[-1].get("content", "") if isinstance(completion[-1], dict) else ""
-        if isinstance(content, str):
-            return content
-        if isinstance(content, list):
-            return "".join(str(c.get("text") or "") for c in content if isinstance(c, dict))
-    return ""
-
-
-_TAG = re.compile(r"</?(think|question)>", re.IGNORECASE)
-
-
-def format_ok(text: str, max_question_words: int = 40) -> bool:
-    """R_fmt's test: exactly one think block then exactly one question block, in that
-    order, with a question the inference parser accepts (non-empty, one question, short)."""
-    tags = [m.group(0).lower() for m in _TAG.finditer(text)]
-    if tags != ["<think>", "</think>", "<question>", "</question>"]:
-        return False
-    parsed = parse_dq_output(text, max_words=max_question_words, require_think=True)
-    return isinstance(parsed, ParsedOutput)
-
-
-def format_reward(completions: Sequence[Any], **kwargs: Any) -> list[float]:
-    """R_fmt (paper Eq. 7): 1 for a well-formed output, else 0."""
-    return [1.0 if format_ok(completion_text(c)) else 0.0 for c in completions]
-
-
-class RetrievalGainReward:
-    """R_prg (paper Eq. 8): PRG of the target between the round's query and the query with
-    the simulated user's answer to the *generated* question appended.
-
-    The positives are the target place (one item: the search ranks places, and a place is
-    the unit of a hit); the target's rank comes from really re-running `search`. Outputs
-    the questioner would refuse at inference (bad format, repeats) get 0, since the
-    dialogue would not have asked them. Ranks of a query are cached: the G completions of
-    a prompt share its "before" query.
-    """
-
-    __name__ = "retrieval_gain"  # trl names logged rewards by __name__
-
-    def __init__(
-        self,
-        places_by_id: Mapping[str, PlaceAnnotation],
-        search: SearchFn,
-        search_k: int,
-        max_question_words: int = 40,
-        cache_size: int = 4096,
-    ) -> None:
-        self.places_by_id = places_by_id
-        self.search = search
-        self.search_k = search_k
-        self.max_question_words = max_question_words
-        self.cache_size = cache_size
-        self._cache: OrderedDict[tuple[str, str], int] = OrderedDict()
-
-    def rank(self, text: str, target: str) -> int:
-        """1-indexed whole-list rank of `target` for query `text` (cached)."""
-        key = (text, target)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        value = target_rank(self.search(text, self.search_k), target)
-        self._cache[key] = value
-        if len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return value
-
-    def score(
-        self,
-        text: str,
-        target: str,
-        d0: str,
-        questions: Sequence[str],
-        answers: Sequence[str],
-    ) -> float:
-        """The reward of one completion."""
-        if not format_ok(text, self.max_question_words):
-            return 0.0
-        asked = [free_question(q) for q in questions]
-        parsed = parse_dq_output(text, asked, max_words=self.max_question_words)
-        if not isinstance(parsed, ParsedOutput):
-            return 0.0
-        place = self.places_by_id[target]
-        answer = FactUser(place).answer(free_question(parsed.question)).strip()
-        before = self.rank(" ".join((d0, *answers)), target)
-        after = self.rank(" ".join((d0, *answers, answer)), target)
-        return prg([before], [after])
-
-    def __call__(
-        self,
-        completions: Sequence[Any],
-        *,
-        target: Sequence[str],
-        d0: Sequence[str],
-        questions: Sequence[Sequence[str]],
-        answers: Sequence[Sequence[str]],
-        **kwargs: Any,
-    ) -> list[float]:
-        return [
-            self.score(completion_text(c), t, d, q, a)
-            for c, t, d, q, a in zip(completions, target, d0, questions, answers, strict=True)
-        ]

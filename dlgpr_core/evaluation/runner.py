@@ -1,0 +1,337 @@
+"""Simulated interactive benchmark: dialogues against a map, one per chosen target place.
+
+Ranks are taken over the whole map (search k = number of places), because BRI and
+Recall@K are defined on the target's rank among all places, not within a short list. Each
+dialogue gets its own questioner built from a seed derived from the run seed and the
+dialogue's index, so a resumed run gives exactly the numbers of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from dlgpr_core.data.annotations import PlaceAnnotation, places_by_id
+from dlgpr_core.data.records import namespaced_place_id
+from dlgpr_core.dialogue.consistency import FactConsistencyReranker
+from dlgpr_core.dialogue.engine import DialogueEngine, SearchFn, User
+from dlgpr_core.dialogue.questioner import Questioner
+from dlgpr_core.dialogue.questions import Question
+from dlgpr_core.dialogue.registry import QUESTIONERS, SEEDED, make_questioner
+from dlgpr_core.dialogue.state import DialogueConfig, DialogueState
+from dlgpr_core.evaluation.log import DialogueLog, DialogueRecord
+from dlgpr_core.evaluation.summary import TableRow, plot_recall, summarise_records, write_table
+from dlgpr_core.users.fact import FactUser
+
+Update = Literal["text", "facts"]
+"""How an answer changes the ranking: "text" appends it to the query only (the paper);
+"facts" also down-weights places whose annotated facts contradict it."""
+
+QuestionerFactory = Callable[[int], Questioner]
+"""dialogue seed -> a fresh questioner (models inside may be shared between calls)."""
+UserFactory = Callable[[PlaceAnnotation], User]
+
+
+def _chosen(places: Sequence[PlaceAnnotation], n: int | None, seed: int) -> list[PlaceAnnotation]:
+    chosen = sorted(places, key=lambda p: (p.city, p.place_id))
+    random.Random(seed).shuffle(chosen)
+    return chosen if n is None else chosen[:n]
+
+
+class _Timed:
+    """Wraps a questioner to time each question, per dialogue (a batched call's time is
+    shared equally by the questions it produced)."""
+
+    def __init__(self, inner: Questioner) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.ms: dict[str, list[float]] = {}
+
+    def ask(self, state: DialogueState) -> Question | None:
+        t = time.perf_counter()
+        q = self.inner.ask(state)
+        self.ms.setdefault(state.dialogue_id, []).append(1000 * (time.perf_counter() - t))
+        return q
+
+    def ask_many(self, states: Sequence[DialogueState]) -> list[Question | None]:
+        inner_many = getattr(self.inner, "ask_many", None)
+        if inner_many is None:
+            return [self.ask(s) for s in states]
+        t = time.perf_counter()
+        out: list[Question | None] = list(inner_many(states))
+        each = 1000 * (time.perf_counter() - t) / max(len(states), 1)
+        for s in states:
+            self.ms.setdefault(s.dialogue_id, []).append(each)
+        return out
+
+
+def _lockstep(
+    engine: DialogueEngine, d0s: Sequence[str], dids: Sequence[str], users: Sequence[User]
+) -> tuple[list[list[DialogueState]], list[list[float]]]:
+    """Run dialogues side by side: every round is one `step_many` (one batched question
+    call for a batching questioner). Returns each dialogue's states and its per-round wall
+    time (a batched round's time shared equally by the dialogues in it)."""
+    history = [[s] for s in engine.start_many(d0s, dids)]
+    round_ms: list[list[float]] = [[] for _ in d0s]
+    while True:
+        active = [i for i, h in enumerate(history) if not h[-1].done and h[-1].pending_question]
+        if not active:
+            return history, round_ms
+        answers = []
+        for i in active:
+            question = history[i][-1].pending_question
+            assert question is not None
+            answers.append(users[i].answer(question))
+        t = time.perf_counter()
+        stepped = engine.step_many([history[i][-1] for i in active], answers)
+        each = 1000 * (time.perf_counter() - t) / len(active)
+        for i, state in zip(active, stepped, strict=True):
+            history[i].append(state)
+            round_ms[i].append(each)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """What one `evaluate_city` run does."""
+
+    n: int | None = 100
+    max_rounds: int = 5
+    top_k: int = 10
+    confidence: float | None = 0.9
+    temperature: float = 0.05
+    epsilon: float = 0.05
+    """Answer-noise probability of the "facts" update."""
+    seed: int = 0
+    batch_size: int = 1
+    """Dialogues run in lockstep, their questions asked in one batched call per round
+    (a VLM on a GPU). Above 1 the dialogues of a batch share one questioner, so keep 1 for
+    seeded rule-based questioners whose results must not depend on the batching."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+def evaluate_city(
+    search: SearchFn,
+    map_size: int,
+    places: Sequence[PlaceAnnotation],
+    questioner_name: str,
+    make: QuestionerFactory,
+    update: Update,
+    settings: EvalSettings,
+    log: DialogueLog,
+    done: set[tuple[str, str, str, str]] | None = None,
+    make_user: UserFactory = FactUser,
+    on_dialogue: Callable[[DialogueRecord], None] | None = None,
+) -> Iterator[DialogueRecord]:
+    """Run (or skip, when logged) one dialogue per chosen place; yields each record.
+
+    `search` ranks the map (`map_search` for a real one); `map_size` is its number of
+    places, so that ranks are whole-map ranks.
+    """
+    cfg = DialogueConfig(
+        max_rounds=settings.max_rounds,
+        top_k=settings.top_k,
+        search_k=max(settings.top_k, map_size),
+        confidence=settings.confidence,
+        temperature=settings.temperature,
+    )
+    by_id = places_by_id(places)
+    reranker = (
+        FactConsistencyReranker(by_id, settings.epsilon, settings.temperature)
+        if update == "facts"
+        else None
+    )
+    done = done if done is not None else {r.key for r in log.read()}
+    todo = [
+        (i, place, f"{place.city}:{place.place_id}:{settings.seed}")
+        for i, place in enumerate(_chosen(places, settings.n, settings.seed))
+    ]
+    todo = [t for t in todo if (t[1].city, questioner_name, update, t[2]) not in done]
+    for start in range(0, len(todo), settings.batch_size):
+        chunk = todo[start : start + settings.batch_size]
+        timed = _Timed(make(settings.seed * 1_000_003 + chunk[0][0]))
+        engine = DialogueEngine(search, timed, cfg, reranker=reranker)
+        histories, round_ms = _lockstep(
+            engine,
+            [p.caption for _, p, _ in chunk],
+            [did for _, _, did in chunk],
+            [make_user(p) for _, p, _ in chunk],
+        )
+        for (_, place, did), states, ms in zip(chunk, histories, round_ms, strict=True):
+            state = states[-1]
+            target = namespaced_place_id(place.city, place.place_id)
+            record = DialogueRecord(
+                city=place.city,
+                questioner=questioner_name,
+                update=update,
+                dialogue_id=did,
+                target=target,
+                d0=place.caption,
+                questions=[q.text for q in state.questions],
+                answers=list(state.answers),
+                ranks=[s.rank_of(target) for s in states],
+                stop_reason=state.stop_reason or "",
+                fallbacks=sum(q.fallback for q in state.questions),
+                question_ms=[round(x, 3) for x in timed.ms.get(did, [])],
+                round_ms=[round(x, 3) for x in ms],
+            )
+            log.append(record)
+            done.add((place.city, questioner_name, update, did))
+            if on_dialogue is not None:
+                on_dialogue(record)
+            yield record
+
+
+# --- the whole Table 1 run ---------------------------------------------------------------
+
+
+def questioner_factories(
+    names: Sequence[str],
+    by_id: Mapping[str, PlaceAnnotation],
+    options: Mapping[str, str],
+    search: SearchFn,
+) -> dict[str, tuple[QuestionerFactory, SearchFn]]:
+    """name -> (dialogue seed -> questioner, the search its dialogues use). Seeded
+    questioners are built per dialogue; model-backed ones load their model once. PlugIR
+    retrieves with its reformulated query."""
+    out: dict[str, tuple[QuestionerFactory, SearchFn]] = {}
+    for name in names:
+        if name not in QUESTIONERS:
+            raise ValueError(f"unknown questioner {name!r}; known: {sorted(QUESTIONERS)}")
+        # One run compares the adapter with the bare model: the baseline drops it.
+        opts = {k: v for k, v in options.items() if name == "dq-pilot" or k != "adapter"}
+        if name in SEEDED:
+
+            def seeded(seed: int, name: str = name) -> Questioner:
+                return make_questioner(name, places_by_id=by_id, seed=seed, search=search)
+
+            out[name] = (seeded, search)
+            continue
+        shared = make_questioner(
+            name,
+            places_by_id=by_id,
+            search=search,
+            model=opts.get("model"),
+            adapter=opts.get("adapter"),
+            llm=opts.get("llm"),
+        )
+        wrapped = search
+        if name == "plugir":
+            from dlgpr_core.dialogue.plugir import PlugIRQuestioner, PlugIRSearch
+
+            assert isinstance(shared, PlugIRQuestioner)
+            wrapped = PlugIRSearch(search, shared)
+        out[name] = (_shared(shared), wrapped)
+    return out
+
+
+def _shared(questioner: Questioner) -> QuestionerFactory:
+    """One questioner for every dialogue (a model loaded once)."""
+    return lambda _seed: questioner
+
+
+@dataclass(frozen=True)
+class Table1Run:
+    """One `dlgpr eval` invocation: which cities, questioners and updates, with what."""
+
+    data: Path
+    cities: Sequence[str]
+    questioners: Sequence[str]
+    updates: Sequence[Update]
+    settings: EvalSettings
+    out: Path
+    maps: Path | None = None
+    """Folder of per-city maps (default <out>/maps), built on first use."""
+    encoder: str | None = None
+    model_options: Mapping[str, str] = field(default_factory=dict)
+    """model / adapter / llm for the model-backed questioners."""
+    user_llm: str | None = None
+    """Answer with an LLM over the target's description instead of the fact-based user."""
+
+
+def run_table1(
+    run: Table1Run,
+    on_dialogue: Callable[[], None] | None = None,
+    say: Callable[[str], None] | None = None,
+) -> tuple[list[TableRow], dict[str, Any]]:
+    """Run (or resume) every dialogue of `run`, write table.md/json, dialogues.jsonl and
+    recall.png under `run.out`, and return the table rows and the run's settings.
+    `on_dialogue` is called once per dialogue (done or skipped): a progress bar."""
+    from dlgpr_core.data import scan_dataset
+    from dlgpr_core.data.annotations import read_annotations
+    from dlgpr_core.dialogue.engine import map_search
+    from dlgpr_core.mapdb.access import open_or_create_map
+
+    log = DialogueLog(run.out / "dialogues.jsonl")
+    done = {r.key for r in log.read()}
+    make_user = _user_factory(run.user_llm)
+    for key in done:
+        if key[0] in run.cities and key[1] in run.questioners and on_dialogue is not None:
+            on_dialogue()
+    encoder_name = run.encoder
+    for city in run.cities:
+        ann = run.data / "Annotations" / f"{city}.jsonl"
+        if not ann.exists():
+            raise FileNotFoundError(f"no annotations for {city}: expected {ann}")
+        places = read_annotations(ann)
+        db, enc = open_or_create_map((run.maps or run.out / "maps") / city, run.encoder)
+        report = db.build(scan_dataset(run.data, fmt="gsv", cities=[city]), enc, progress=False)
+        if report.added and say is not None:
+            say(f"map of {city}: {report.render()}")
+        encoder_name = db.encoder_spec().get("name") or encoder_name
+        factories = questioner_factories(
+            run.questioners, places_by_id(places), run.model_options, map_search(db, enc)
+        )
+        for name in run.questioners:
+            make, search = factories[name]
+            for update in run.updates:
+                for _ in evaluate_city(
+                    search,
+                    db.info().n_places,
+                    places,
+                    name,
+                    make,
+                    update,
+                    run.settings,
+                    log,
+                    done,
+                    make_user=make_user,
+                ):
+                    if on_dialogue is not None:
+                        on_dialogue()
+    records = [r for r in log.read() if r.city in run.cities and r.questioner in run.questioners]
+    rows = summarise_records(records, run.settings.max_rounds)
+    meta = {
+        "data": str(run.data),
+        "cities": list(run.cities),
+        "n": run.settings.n,
+        "rounds": run.settings.max_rounds,
+        "confidence": run.settings.confidence,
+        "seed": run.settings.seed,
+        "encoder": encoder_name or "dlgpr-lite",
+        "user": f"LLM over the description ({run.user_llm})" if run.user_llm else "fact-based",
+        "d0": "caption",
+    }
+    write_table(rows, run.out / "table", meta)
+    plot_recall(rows, run.out / "recall.png")
+    return rows, meta
+
+
+def _user_factory(user_llm: str | None) -> UserFactory:
+    if not user_llm:
+        return FactUser
+    from dlgpr_core.llm.chat import create_chat_model
+    from dlgpr_core.users.llm import LLMUser
+
+    chat = create_chat_model(user_llm)
+
+    def make_user(place: PlaceAnnotation) -> User:
+        return LLMUser(place, chat)
+
+    return make_user

@@ -1,0 +1,291 @@
+"""The dialogue session and the pool of sessions, driven by hand with a fake clock.
+
+No retriever and no questioner: rankings and questions are made up here, so every rule of
+the state machine (phases, re-sends and time-outs, the repeat rule, the belief, the answer
+update, the stop rule, stale events, cancel) is checked against hand-computed values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pytest
+
+from dlgpr_core.dialogue.questions import Question, free_question, presence_question
+from dlgpr_core.dialogue.session import (
+    Answered,
+    Ask,
+    Asked,
+    Cancel,
+    DialogueSession,
+    Finish,
+    Notice,
+    PublishState,
+    Ranked,
+    RequestRetrieval,
+    Tick,
+    first,
+    is_repeat,
+)
+from dlgpr_core.dialogue.sessions import PoolLimits, Reject, SessionPool
+from dlgpr_core.dialogue.state import DialogueConfig, Status
+from dlgpr_core.mapdb.report import PlaceHit
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def hits(*scores: float) -> list[PlaceHit]:
+    return [
+        PlaceHit(
+            rank=i + 1,
+            score=s,
+            place_id=f"T:{i}",
+            lat=0.0,
+            lon=0.0,
+            image_path="",
+            image_id=i,
+            city="T",
+            image_root="",
+        )
+        for i, s in enumerate(scores)
+    ]
+
+
+def kinds(actions: Sequence[object]) -> list[str]:
+    return [type(a).__name__ for a in actions]
+
+
+CFG = DialogueConfig(
+    max_rounds=2,
+    top_k=3,
+    search_k=5,
+    confidence=0.9,
+    temperature=0.05,
+    request_timeout=2.0,
+    max_resends=1,
+)
+
+
+def begin(cfg: DialogueConfig = CFG, reranker=None, clock=None):
+    return DialogueSession.begin("d", "  A bank.  ", cfg, reranker, clock or Clock())
+
+
+def test_one_round_trip_and_the_belief() -> None:
+    session, actions = begin()
+    assert kinds(actions) == ["RequestRetrieval", "PublishState"]
+    req = first(actions, RequestRetrieval)
+    assert req is not None and (req.round, req.query, req.k) == (0, "A bank.", 5)
+    assert session.phase == "retrieving" and session.state.detail == "retrieving"
+    actions = session.handle(Ranked(0, hits(0.50, 0.45, 0.40, 0.1)))
+    assert kinds(actions) == ["PublishState", "RequestQuestion"]
+    # belief = softmax(score / 0.05) over the top 3 only: exp(0, -1, -2) normalised
+    z = 1 + math.exp(-1) + math.exp(-2)
+    assert session.state.belief == pytest.approx((1 / z, math.exp(-1) / z, math.exp(-2) / z))
+    assert len(session.state.candidates) == 3 and len(session.state.ranking) == 4
+    q = presence_question("fountain")
+    actions = session.handle(Asked(0, q, "info-gain"))
+    assert kinds(actions) == ["PublishState", "Ask"]
+    ask = first(actions, Ask)
+    assert ask is not None and ask.question == q
+    assert session.state.pending_question == q and session.state.questions == ()
+    assert session.state.asked_by == "info-gain"
+    actions = session.handle(Answered("  Yes, there is a fountain. "))
+    req = first(actions, RequestRetrieval)
+    assert req is not None and (req.round, req.query) == (1, "A bank. Yes, there is a fountain.")
+    assert session.state.questions == (q,) and session.state.pending_question is None
+
+
+def test_stop_rules_in_order() -> None:
+    # confident: the top belief reaches 0.9 (score gap 0.2 = 4 temperatures)
+    session, _ = begin()
+    actions = session.handle(Ranked(0, hits(0.9, 0.7)))
+    assert kinds(actions) == ["PublishState", "Finish"]
+    assert session.state.stop_reason == "confident" and session.state.status == Status.CONFIDENT
+    assert session.state.detail == f"belief {session.state.confidence:.2f} >= 0.9"
+    # no places at all
+    session, _ = begin()
+    session.handle(Ranked(0, []))
+    assert session.state.stop_reason == "no_candidates"
+    assert session.state.status == Status.FAILED
+    # the round limit: two questions, then the third ranking stops it
+    session, _ = begin()
+    for r, word in enumerate(("fountain", "tree")):
+        session.handle(Ranked(r, hits(0.5, 0.5)))
+        session.handle(Asked(r, presence_question(word)))
+        session.handle(Answered("No."))
+    session.handle(Ranked(2, hits(0.5, 0.5)))
+    assert session.state.stop_reason == "max_rounds" and session.state.status == Status.MAX_ROUNDS
+    assert session.state.detail == "round limit 2 reached"
+
+
+def test_nothing_to_ask_and_repeats() -> None:
+    session, _ = begin()
+    session.handle(Ranked(0, hits(0.5, 0.5)))
+    actions = session.handle(Asked(0, None, "random"))
+    assert kinds(actions) == ["PublishState", "Finish"]
+    assert session.state.stop_reason == "no_question"
+    assert session.state.status == Status.MAX_ROUNDS  # a normal end, like the round limit
+    assert session.state.detail == "random: nothing left to ask"
+    session, _ = begin()
+    q = presence_question("fountain")
+    session.handle(Ranked(0, hits(0.5, 0.5)))
+    session.handle(Asked(0, q))
+    session.handle(Answered("No."))
+    session.handle(Ranked(1, hits(0.5, 0.5)))
+    # the same probe reworded is a repeat, and so is the same wording as free text
+    session.handle(Asked(1, free_question("is there a fountain")))
+    assert session.state.stop_reason == "repeated" and session.state.status == Status.FAILED
+    assert "questioner repeated" in session.state.detail
+
+
+def test_repeat_rule() -> None:
+    q = presence_question("fountain")
+    assert is_repeat(Question("Any fountain around?", "presence", "fountain"), [q])
+    assert is_repeat(free_question("Is there a FOUNTAIN?"), [q])
+    assert not is_repeat(presence_question("tree"), [q])
+
+
+def test_stale_events_change_nothing() -> None:
+    session, _ = begin()
+    before = session.state
+    for event in (Ranked(1, hits(0.5)), Asked(0, presence_question("tree")), Answered("Yes.")):
+        actions = session.handle(event)
+        assert len(actions) == 1 and isinstance(actions[0], Notice)
+        assert session.state == before
+    session.handle(Ranked(0, hits(0.5, 0.5)))
+    session.handle(Asked(0, presence_question("tree")))
+    # an answer for a round other than the one asked is stale too
+    (note,) = session.handle(Answered("Yes.", round=5))
+    assert isinstance(note, Notice) and note.counter == "stale_answers"
+    assert "answer for round 5 ignored while awaiting answer in round 0" in note.message
+
+
+def test_resends_then_time_out() -> None:
+    clock = Clock()
+    session, _ = begin(clock=clock)
+    assert session.handle(Tick()) == []
+    clock.t += 2.0
+    actions = session.handle(Tick())
+    assert kinds(actions) == ["Notice", "RequestRetrieval"]
+    assert "no candidates from the retrieval node; re-sending (1)" in actions[0].message
+    clock.t += 1.0
+    assert session.handle(Tick()) == []  # the re-send restarted the wait
+    clock.t += 1.0
+    actions = session.handle(Tick())
+    assert kinds(actions) == ["PublishState", "Finish"]
+    assert session.state.stop_reason == "timeout"
+    assert session.state.detail == (
+        "no candidates from the retrieval node for round 0 after 2 tries of 2 s"
+    )
+    # waiting for the questioner: the state itself is re-sent (it is the request)
+    session, _ = begin(clock=clock)
+    session.handle(Ranked(0, hits(0.5, 0.5)))
+    clock.t += 2.5
+    assert kinds(session.handle(Tick())) == ["Notice", "PublishState", "RequestQuestion"]
+    # waiting for the person is not a peer's silence: no re-send, no time-out
+    session.handle(Asked(0, presence_question("tree")))
+    clock.t += 100
+    assert session.handle(Tick()) == []
+
+
+def test_cancel_and_answer_update() -> None:
+    session, _ = begin()
+    session.handle(Ranked(0, hits(0.5, 0.5)))
+    actions = session.handle(Cancel("the person left"))
+    assert kinds(actions) == ["PublishState", "Finish"]
+    assert session.state.status == Status.CANCELLED and session.state.detail == "the person left"
+    assert session.handle(Answered("Yes.")) == []  # done: nothing happens any more
+
+    seen: list[tuple[int, int]] = []
+
+    def reverse(ranking, questions, answers):
+        seen.append((len(questions), len(answers)))
+        return list(reversed(ranking))
+
+    session, _ = begin(reranker=reverse)
+    session.handle(Ranked(0, hits(0.5, 0.4, 0.3)))
+    assert seen == [(0, 0)]
+    assert [h.place_id for h in session.state.candidates] == ["T:2", "T:1", "T:0"]
+    # the belief follows the re-scored order (scores unchanged by this reranker)
+    assert session.state.belief[0] < session.state.belief[2]
+
+
+def test_resume_from_a_snapshot() -> None:
+    session, _ = begin()
+    session.handle(Ranked(0, hits(0.5, 0.5)))
+    session.handle(Asked(0, presence_question("tree")))
+    resumed = DialogueSession(session.state, CFG)
+    actions = resumed.handle(Answered("No trees."))
+    assert first(actions, RequestRetrieval) is not None
+    assert resumed.state.answers == ("No trees.",)
+
+
+# --- the pool --------------------------------------------------------------------------------
+
+
+def pool(**limits: int) -> SessionPool:
+    return SessionPool(CFG, id_prefix="t", clock=Clock(), limits=PoolLimits(**limits))
+
+
+def test_pool_routes_and_counts() -> None:
+    p = pool()
+    did, actions = p.start("A bank.", request_id="req-1")
+    assert did == "dlg-t-1" and p.counters["started"] == 1
+    state = first(actions, PublishState)
+    assert state is not None and state.state.request_id == "req-1"
+    p.on_candidates(did, 0, hits(0.5, 0.5))
+    actions = p.on_question(did, 0, presence_question("tree"), "info-gain")
+    assert first(actions, Ask) is not None
+    # answers go to their dialogue; late and stale ones are counted, not applied
+    assert first(p.on_utterance(did, "No."), RequestRetrieval) is not None
+    assert p.on_candidates("dlg-t-9", 0, hits(0.5)) == []
+    assert p.counters["stale_candidates"] == 1
+    # a description without an id starts another dialogue
+    assert first(p.on_utterance("", "A cafe."), RequestRetrieval) is not None
+    assert "dlg-t-2" in p and len(p) == 2
+
+
+def test_pool_rejections() -> None:
+    p = pool(max_utterance_bytes=20)
+    (r,) = p.on_utterance("", "   ")
+    assert isinstance(r, Reject) and r.dialogue_id == "" and r.problem == "empty utterance"
+    (r,) = p.on_utterance("", "x" * 21)
+    assert isinstance(r, Reject) and r.problem == "utterance too long: 21 bytes > 20"
+    (r,) = p.on_utterance("nope", "Yes.", 3)
+    assert isinstance(r, Reject) and r.problem == "unknown dialogue id 'nope'" and r.round == 3
+    assert p.counters["rejected"] == 3
+    did, _ = p.start("A bank.")
+    assert did is not None
+    p.on_candidates(did, 0, hits(0.5, 0.5))
+    p.on_question(did, 0, presence_question("tree"), "q")
+    # an unusable answer to a live dialogue ends it visibly
+    actions = p.on_utterance(did, "y" * 30)
+    assert first(actions, Finish) is not None
+    session = p.get(did)
+    assert session is not None and session.state.detail.startswith("rejected answer: utterance")
+    # and an answer to a finished dialogue carries its history back
+    (r,) = p.on_utterance(did, "More.")
+    assert isinstance(r, Reject) and "already finished" in r.problem and r.known is not None
+    assert r.known.d0 == "A bank."
+
+
+def test_pool_forgets_the_oldest_finished_dialogues_only() -> None:
+    p = pool(max_finished=2)
+    ids = []
+    for i in range(4):
+        did, _ = p.start(f"Place {i}.")
+        assert did is not None
+        ids.append(did)
+    live, *finished = ids
+    for did in finished:
+        p.cancel(did)
+    p.on_candidates(live, 0, hits(0.5, 0.5))
+    assert live in p and finished[0] not in p and all(d in p for d in finished[1:])
+    assert p.counters["finished"] == 3
