@@ -1,0 +1,120 @@
+"""`dlgpr map ...`: build, inspect, index and query street-view map databases."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from dlgpr_core.cli.common import (
+    CheckpointOption,
+    EncoderOption,
+    MapOption,
+    console,
+    map_and_encoder,
+    open_map,
+)
+
+if TYPE_CHECKING:
+    from dlgpr_core.mapdb.report import PlaceHit
+
+app = typer.Typer(help="Build, inspect and query street-view map databases.", no_args_is_help=True)
+
+
+@app.command("build")
+def map_build(
+    dataset: Annotated[
+        Path, typer.Argument(help="GSV-Cities/SynthCities root, or a CSV (image,place_id,lat,lon).")
+    ],
+    map_dir: MapOption,
+    fmt: Annotated[str, typer.Option("--format", help="auto, gsv or csv.")] = "auto",
+    encoder: EncoderOption = None,
+    checkpoint: CheckpointOption = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    index: Annotated[
+        str, typer.Option(help="Also build an approximate index: none, ivf or hnsw.")
+    ] = "none",
+) -> None:
+    """Build or extend a map; resumes an interrupted build and adds only new images."""
+    from dlgpr_core.data import detect_format, scan_dataset
+
+    kind = detect_format(dataset) if fmt == "auto" else fmt
+    scan = scan_dataset(dataset, fmt=kind)
+    db, enc = map_and_encoder(map_dir, encoder, checkpoint, create=True)
+    console.print(
+        f"building map {map_dir} from {scan.root}: {len(scan.records)} images found, "
+        f"{len(scan.skipped)} refused while reading"
+    )
+    report = db.build(scan, enc, batch_size=batch_size, progress=True, source_kind=kind)
+    console.print(report.render())
+    if index != "none":
+        console.print(db.build_approximate(index).render())  # type: ignore[arg-type]
+    console.print(db.info().render())
+
+
+@app.command("info")
+def map_info(map_dir: MapOption) -> None:
+    """What a map holds: places, images, skipped inputs, encoder, index sizes."""
+    console.print(open_map(map_dir).info().render())
+
+
+@app.command("index")
+def map_index(
+    map_dir: MapOption,
+    kind: Annotated[str, typer.Option(help="ivf or hnsw.")] = "hnsw",
+) -> None:
+    """Build an approximate index for a large map and report its recall against exact search."""
+    console.print(open_map(map_dir).build_approximate(kind).render())  # type: ignore[arg-type]
+
+
+@app.command("relocate")
+def map_relocate(
+    old_root: Annotated[Path, typer.Argument(help="The data set root the map recorded.")],
+    new_root: Annotated[Path, typer.Argument(help="Where that data set lies now.")],
+    map_dir: MapOption,
+) -> None:
+    """Re-point a map at a data set that moved (needed to resume or extend a build)."""
+    n = open_map(map_dir).relocate(old_root, new_root)
+    console.print(f"re-pointed {n} images from {old_root} to {new_root}")
+
+
+def _hits_table(title: str, hits: list[PlaceHit], target: str | None = None) -> Table:
+    table = Table(title=title, title_justify="left")
+    for col in ("rank", "place", "score", "latitude", "longitude", "best image"):
+        table.add_column(col)
+    for h in hits:
+        mark = " [green]<- true place[/]" if target and h.place_id == target else ""
+        table.add_row(
+            str(h.rank),
+            h.place_id + mark,
+            f"{h.score:.3f}",
+            f"{h.lat:.6f}",
+            f"{h.lon:.6f}",
+            Path(h.image_path).name,
+        )
+    return table
+
+
+@app.command("query")
+def map_query(
+    text: Annotated[str, typer.Argument(help="What the person says they see.")],
+    map_dir: MapOption,
+    k: Annotated[int, typer.Option("-k", min=1, help="Number of places to return.")] = 5,
+    encoder: EncoderOption = None,
+    checkpoint: CheckpointOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    approximate: Annotated[
+        str | None, typer.Option(help="Search an approximate index (ivf/hnsw) instead.")
+    ] = None,
+) -> None:
+    """Static retrieval: the top places for a description, with scores and positions."""
+    db, enc = map_and_encoder(map_dir, encoder, checkpoint)
+    hits = db.search(text, enc, k=k, approximate=approximate)  # type: ignore[arg-type]
+    if as_json:
+        sys.stdout.write(json.dumps([h.__dict__ for h in hits], indent=2) + "\n")
+    else:
+        console.print(_hits_table(f"top {k} places for: {text!r}", hits))
