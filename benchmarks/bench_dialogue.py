@@ -46,10 +46,11 @@ from rich.table import Table
 
 from dlgpr_core.data.annotations import PlaceAnnotation
 from dlgpr_core.dialogue.engine import DialogueEngine
-from dlgpr_core.dialogue.user import FactUser
 from dlgpr_core.speech.pipeline import SpeechPipeline
 from dlgpr_core.speech.transcriber import Transcriber
 from dlgpr_core.speech.vad import Segment, SpeechSegmenter
+from dlgpr_core.users.fact import FactUser
+from dlgpr_ros import conversions
 from dlgpr_ros.bringup import Graph, bringup
 from dlgpr_ros.msg import AudioChunk, DialogueState, Question, Utterance
 from dlgpr_ros.qos import TOPIC_QOS
@@ -85,9 +86,9 @@ def ensure_map(root: Path, places: int, views: int) -> Path:
     """A SynthCities city and its dlgpr-lite map, made once under `root` and then reused:
     generating and encoding it takes longer than the measurement it serves."""
     from dlgpr_core.data import scan_dataset
+    from dlgpr_core.mapdb.access import load_encoder
     from dlgpr_core.mapdb.database import MapDatabase
     from dlgpr_core.synth import generate_city
-    from dlgpr_ros.retrieval_node import load_encoder
 
     city_dir = root / f"{CITY}-{places}x{views}"
     done = city_dir / ".complete"
@@ -117,10 +118,9 @@ class RoundProbe(Node):
         super().__init__("dlgpr_bench_probe", context=graph.context)
         self._cond = threading.Condition()
         self.events: dict[str, list[tuple[float, Question | DialogueState]]] = {}
-        self._expected: str | None = None
-        self.claimed: set[str] = set()
+        self._requests = 0
         self.dialogue_of: dict[str, str] = {}
-        """d0 -> id of the latest dialogue this probe started with it."""
+        """request id -> id of the dialogue this probe started with it."""
         self.create_subscription(
             DialogueState, "dialogue_state", self._on_msg, TOPIC_QOS["dialogue_state"]
         )
@@ -131,31 +131,23 @@ class RoundProbe(Node):
     def _on_msg(self, msg: Question | DialogueState) -> None:
         now = time.perf_counter()
         with self._cond:
-            # Captions repeat across places (they are deliberately ambiguous), so an id is
-            # claimed only by the first unseen dialogue opened with the text just published.
-            if (
-                isinstance(msg, DialogueState)
-                and msg.history
-                and msg.history[0] == self._expected
-                and msg.dialogue_id not in self.claimed
-            ):
-                self.claimed.add(msg.dialogue_id)
-                self.dialogue_of[msg.history[0]] = msg.dialogue_id
-                self._expected = None
+            # The manager echoes the request id of the description that opened a dialogue.
+            if isinstance(msg, DialogueState) and msg.request_id.startswith("bench-"):
+                self.dialogue_of.setdefault(msg.request_id, msg.dialogue_id)
             self.events.setdefault(msg.dialogue_id, []).append((now, msg))
             self._cond.notify_all()
 
-    def say(self, text: str, dialogue_id: str = "", round_: int = 0) -> float:
-        """Publishes and returns the time just before publishing; without an id the text
-        opens a new dialogue, whose id the next matching state will name."""
+    def say(self, text: str, dialogue_id: str = "", round_: int = 0) -> tuple[float, str]:
+        """Publishes; returns the time just before publishing and, without a dialogue id
+        (the text opens a new dialogue), the request id its first state will echo."""
         msg = Utterance(dialogue_id=dialogue_id, text=text, round=round_, confidence=1.0)
         if not dialogue_id:
             with self._cond:
-                self._expected = text
-                self.dialogue_of.pop(text, None)
+                self._requests += 1
+                msg.request_id = f"bench-{self._requests}"
         t = time.perf_counter()
         self.pub.publish(msg)
-        return t
+        return t, msg.request_id
 
     def wait_for(self, cond: Callable[[], Any], timeout: float) -> Any:
         """Waits until `cond()` (called under the lock) returns something truthy."""
@@ -201,15 +193,15 @@ def ros_dialogue(probe: RoundProbe, place: PlaceAnnotation, timeout: float) -> R
     """Drives one dialogue with a FactUser answering, one message at a time."""
     d0 = place.caption.strip()
     user = FactUser(place)
-    t0 = probe.say(d0)
-    did: str = probe.wait_for(lambda: probe.dialogue_of.get(d0), timeout)
+    t0, request_id = probe.say(d0)
+    did: str = probe.wait_for(lambda: probe.dialogue_of.get(request_id), timeout)
     idx, t, msg = probe.next_event(did, 0, 0, timeout)
     out = RosDialogue(did, d0, start_s=t - t0)
     while isinstance(msg, Question):
-        answer = user.answer(msg.text)
+        answer = user.answer(conversions.question_msg_to_core(msg))  # its probe, exactly
         out.questions.append(msg.text)
         out.answers.append(answer)
-        t0 = probe.say(answer, did, int(msg.round) + 1)
+        t0, _ = probe.say(answer, did, int(msg.round) + 1)
         idx, t, msg = probe.next_event(did, idx + 1, int(msg.round) + 1, timeout)
         if t <= t0:
             raise RuntimeError(f"{did}: a reply older than its answer (a mixed-up dialogue)")
@@ -261,11 +253,12 @@ class RoundFigures:
 
 def bench_rounds(map_path: Path, n_dialogues: int, timeout: float) -> RoundFigures:
     """Interleaves ROS and direct dialogues over targets drawn from the map's places."""
+    from dlgpr_core.mapdb.access import map_encoder
     from dlgpr_core.mapdb.database import MapDatabase
-    from dlgpr_ros.questioner_node import build_questioner, load_places_by_id
-    from dlgpr_ros.retrieval_node import map_encoder
+    from dlgpr_core.mapdb.ground_truth import map_annotations
+    from dlgpr_ros.questioner_node import build_questioner
 
-    places = load_places_by_id(map_path)
+    places = map_annotations(map_path)
     ids = sorted(places)
     targets = random.Random(11).sample(ids, min(len(ids), n_dialogues + 1))
     overrides = {"map_path": str(map_path), "questioner.questioner": "info-gain"}
@@ -277,7 +270,7 @@ def bench_rounds(map_path: Path, n_dialogues: int, timeout: float) -> RoundFigur
         # match config/dialogue.yaml, so both sides ask and stop alike.
         engine = DialogueEngine(
             lambda text, k: db.search(text, enc, k=k),
-            build_questioner("info-gain", places, 10, 0),
+            build_questioner("info-gain", str(map_path), "", 10, 0),
         )
         probe = RoundProbe(graph)
         dm = graph.node("dialogue_manager")
@@ -619,9 +612,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         console.print(f"rounds: {args.dialogues} dialogues on {map_path} ...")
         rounds = bench_rounds(map_path, args.dialogues, args.timeout)
     if "speech" not in args.skip:
-        from dlgpr_ros.questioner_node import load_places_by_id
+        from dlgpr_core.mapdb.ground_truth import map_annotations
 
-        places = load_places_by_id(map_path)
+        places = map_annotations(map_path)
         texts = [places[p].caption for p in sorted(places)[: args.sentences]]
         console.print(f"speech: {len(texts)} sentences, {args.pace} pace ...")
         speech = bench_speech(texts, args.pace == "realtime", args.timeout)

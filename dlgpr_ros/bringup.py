@@ -22,11 +22,12 @@ import rclpy
 import yaml
 from rclpy.context import Context
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+from rclpy.lifecycle import LifecycleNode
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from dlgpr_ros.graph import INPUT_MODES, PlannedNode, launch_plan
+from dlgpr_ros.spin import activate
 
 if TYPE_CHECKING:
     from dlgpr_ros.bag import BagRecorder
@@ -45,14 +46,6 @@ DIALOGUE_TOPICS: tuple[tuple[str, str], ...] = (
 )
 """Every topic a dialogue travels on, inputs and outputs: what `--record` captures, so a
 bag holds enough to replay the inputs and compare every output."""
-
-
-def _activate(node: LifecycleNode) -> None:
-    """configure + activate, failing loudly (a graph without retrieval is useless)."""
-    for step in (node.trigger_configure, node.trigger_activate):
-        result = step()
-        if result != TransitionCallbackReturn.SUCCESS:
-            raise RuntimeError(f"{node.get_name()}: {step.__name__} returned {result}")
 
 
 def make_node(planned: PlannedNode, *, namespace: str = "", context: Context | None = None) -> Node:
@@ -112,7 +105,7 @@ class Graph:
             log.warning("optional node %s skipped: %s", name, exc)
             return None
         if isinstance(node, LifecycleNode):
-            _activate(node)
+            activate(node)
         self.nodes[name] = node
         self.executor.add_node(node)
         return node
@@ -222,25 +215,6 @@ def running(*args: Any, **kwargs: Any) -> Iterator[Graph]:
         yield graph
     finally:
         graph.shutdown()
-
-
-def spin_nodes(nodes: Sequence[Node], *, lifecycle_autostart: bool = False) -> None:
-    """The body of each node's `main`: spin until Ctrl-C or an external shutdown, then
-    destroy the nodes and shut rclpy down (rclpy.init was called by the caller)."""
-    executor = MultiThreadedExecutor()
-    try:
-        for node in nodes:
-            if lifecycle_autostart and isinstance(node, LifecycleNode):
-                _activate(node)
-            executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        executor.shutdown()
-        for node in nodes:
-            node.destroy_node()
-        rclpy.try_shutdown()
 
 
 def _parse_set(items: Sequence[str]) -> dict[str, Any]:

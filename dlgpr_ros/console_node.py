@@ -22,9 +22,9 @@ from rclpy.node import Node
 from rich.console import Console
 from rich.markup import escape
 
-from dlgpr_core.dialogue.questioners import softmax_belief
 from dlgpr_ros.msg import DialogueState, Localization
 from dlgpr_ros.qos import TOPIC_QOS
+from dlgpr_ros.spin import spin_nodes
 
 _STATUS = {
     DialogueState.STATUS_CONFIDENT: "confident",
@@ -64,13 +64,7 @@ class DialoguePrinter(Node):
         super().__init__(node_name, **kwargs)
         d = ParameterDescriptor
         self.declare_parameter("top", 3, d(description="Candidates printed per round."))
-        self.declare_parameter(
-            "temperature",
-            0.05,
-            d(description="Belief temperature for the printed confidences (the manager's)."),
-        )
         self.top = int(self.get_parameter("top").value)
-        self.temperature = float(self.get_parameter("temperature").value)
         self._write = write or _stdout
         self._color = color
         self._lock = threading.Lock()
@@ -137,11 +131,11 @@ class DialoguePrinter(Node):
         self._emit(lines)
 
     def _candidate_lines(self, tag: str, msg: DialogueState) -> list[str]:
-        belief = softmax_belief([c.score for c in msg.candidates], self.temperature)
         lines = [f"{tag} [yellow]Round {msg.round} candidates:[/]"]
-        for c, b in list(zip(msg.candidates, belief, strict=True))[: self.top]:
+        for c in msg.candidates[: self.top]:
             lines.append(
-                f"{tag}   {c.rank}. {escape(c.place_id)}  confidence {b:.2f}  (score {c.score:.3f})"
+                f"{tag}   {c.rank}. {escape(c.place_id)}  confidence {c.belief:.2f}  "
+                f"(score {c.score:.3f})"
             )
         return lines
 
@@ -160,8 +154,6 @@ class DialoguePrinter(Node):
 
 def main(args: list[str] | None = None) -> None:
     """`ros2 run dlgpr_ros console_node`."""
-    from dlgpr_ros.bringup import spin_nodes
-
     rclpy.init(args=args)
     spin_nodes([DialoguePrinter()])
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Sequence
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,34 +23,15 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.lifecycle.publisher import LifecyclePublisher
 from rclpy.subscription import Subscription
 
+from dlgpr_core.mapdb.access import DEFAULT_MAP
 from dlgpr_ros import conversions
 from dlgpr_ros.msg import CandidateList, RetrievalRequest
 from dlgpr_ros.qos import TOPIC_QOS
+from dlgpr_ros.spin import spin_nodes
 
 if TYPE_CHECKING:
     from dlgpr_core.encoders.base import Encoder
     from dlgpr_core.mapdb.database import MapDatabase
-
-DEFAULT_MAP = "data/demo/map"
-"""Where `dlgpr demo` builds its map (its default --workdir), so the demo needs no flags."""
-
-
-@lru_cache(maxsize=4)
-def load_encoder(name: str, checkpoint: str | None) -> Encoder:
-    """Encoders are immutable after loading and take seconds to build: a re-configured node
-    (cleanup then configure) or a second graph in the same process reuses them."""
-    from dlgpr_core.encoders.factory import create_encoder
-
-    return create_encoder(name, checkpoint=checkpoint)
-
-
-def map_encoder(db: MapDatabase, encoder: str = "") -> Encoder:
-    """The named encoder, else the one the map recorded when it was built (as `dlgpr map
-    query` does), so a map works without naming its encoder again."""
-    name, checkpoint = db.encoder_choice(encoder or None)
-    enc = load_encoder(name, checkpoint)
-    db.check_encoder(enc)
-    return enc
 
 
 class RetrievalNode(LifecycleNode):
@@ -100,6 +80,7 @@ class RetrievalNode(LifecycleNode):
     # -- lifecycle ------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Loads the map and encoder; a bad path or encoder fails the transition cleanly."""
+        from dlgpr_core.mapdb.access import map_encoder
         from dlgpr_core.mapdb.database import MapDatabase
 
         path = Path(self.get_parameter("map_path").value or DEFAULT_MAP)
@@ -109,7 +90,7 @@ class RetrievalNode(LifecycleNode):
             self.get_logger().error(f"cannot open map {path}: {exc}")
             return TransitionCallbackReturn.FAILURE
         try:
-            enc = map_encoder(db, str(self.get_parameter("encoder").value))
+            enc = map_encoder(db, str(self.get_parameter("encoder").value) or None)
         except Exception as exc:
             db.close()
             self.get_logger().error(f"cannot load the encoder for {path}: {exc}")
@@ -204,7 +185,6 @@ class RetrievalNode(LifecycleNode):
 
 def main(args: list[str] | None = None) -> None:
     """`ros2 run dlgpr_ros retrieval_node`: configures and activates itself, like bringup."""
-    from dlgpr_ros.bringup import spin_nodes
 
     rclpy.init(args=args)
     spin_nodes([RetrievalNode()], lifecycle_autostart=True)

@@ -9,9 +9,9 @@ and running it in a subscription callback would stall every other callback of th
 validate and enqueue; the worker publishes the utterances.
 
 Typed text (`typed_text`, std_msgs/String) bypasses speech recognition, for a keyboard or a
-chat front end. The node also follows the dialogue: after a `question` it stamps the next
-utterances with that dialogue's id and the round they answer, so the dialogue manager can tell
-an answer from a new description; a `dialogue_state` with ``done`` ends that.
+chat front end. The node also follows the dialogue manager: once a `dialogue_state` awaits an
+answer it stamps the next utterances with that dialogue's id and the round they answer, so
+the manager can tell an answer from a new description; the dialogue ending ends that.
 
 Parameters are read once at start-up; restart the node to change them.
 """
@@ -37,7 +37,7 @@ from std_msgs.msg import String
 from dlgpr_core.speech.audio import decode_pcm
 from dlgpr_core.speech.pipeline import SpeechPipeline
 from dlgpr_core.speech.transcriber import Transcript
-from dlgpr_ros.msg import AudioChunk, DialogueState, Question, Utterance
+from dlgpr_ros.msg import AudioChunk, DialogueState, Utterance
 from dlgpr_ros.qos import TOPIC_QOS
 
 NODE_NAME = "speech_input"
@@ -173,7 +173,6 @@ class SpeechNode(Node):
         # exception inside the executor's deserialisation
         self.create_subscription(AudioChunk, "audio", self._on_audio, AUDIO_QOS, raw=True)
         self.create_subscription(String, "typed_text", self._on_typed, TOPIC_QOS["typed_text"])
-        self.create_subscription(Question, "question", self._on_question, TOPIC_QOS["question"])
         self.create_subscription(
             DialogueState, "dialogue_state", self._on_state, TOPIC_QOS["dialogue_state"]
         )
@@ -301,17 +300,18 @@ class SpeechNode(Node):
             return
         self._publish(text, Utterance.SOURCE_TYPED, 1.0, self.language)
 
-    def _on_question(self, msg: Question) -> None:
-        with self._lock:
-            self._awaiting = (msg.dialogue_id, int(msg.round))
-        self.get_logger().info(f"awaiting an answer for {msg.dialogue_id} round {msg.round}")
-
     def _on_state(self, msg: DialogueState) -> None:
-        if not msg.done:
-            return
+        """Follows the dialogue manager: once a dialogue awaits an answer, the next
+        utterances answer it (a person may split an answer into several sentences) until
+        another dialogue awaits one or this one ends."""
+        awaiting = msg.phase == DialogueState.PHASE_AWAITING_ANSWER and msg.pending_question.text
         with self._lock:
-            if self._awaiting is not None and self._awaiting[0] == msg.dialogue_id:
+            if awaiting:
+                self._awaiting = (msg.dialogue_id, int(msg.round))
+            elif msg.done and self._awaiting is not None and self._awaiting[0] == msg.dialogue_id:
                 self._awaiting = None
+        if awaiting:
+            self.get_logger().info(f"awaiting an answer for {msg.dialogue_id} round {msg.round}")
 
     @property
     def awaiting(self) -> tuple[str, int] | None:

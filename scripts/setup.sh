@@ -55,7 +55,7 @@ fi
 
 export AMENT_PREFIX_PATH="$venv" CMAKE_PREFIX_PATH="$venv"
 build_stamp="install/.dlgpr-build"
-build_inputs=$(digest CMakeLists.txt package.xml msg/*.msg $(find dlgpr_ros launch config -type f -not -name '*.pyc' | sort) <<<"$venv")
+build_inputs=$(digest CMakeLists.txt package.xml msg/*.msg action/*.action $(find dlgpr_ros launch config -type f -not -name '*.pyc' | sort) <<<"$venv")
 if [[ "$(cat "$build_stamp" 2>/dev/null)" != "$build_inputs" ]]; then
   say "building ROS 2 messages with colcon"
   colcon --log-base log build --base-paths . --symlink-install \

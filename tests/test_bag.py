@@ -337,7 +337,7 @@ def test_typed_dialogue_fixture_replays_through_the_speech_node(ros):
     from dlgpr_ros.speech_node import SpeechNode
 
     bag = read_bag(FIXTURE)
-    assert {m.topic for m in bag} == {"/typed_text", "/question", "/utterance", "/dialogue_state"}
+    assert {m.topic for m in bag} == {"/typed_text", "/utterance", "/dialogue_state"}
     ns = "/bag_test_fixture"
     speech = SpeechNode(
         pipeline=SpeechPipeline(cast(Any, None), cast(Any, None)),
@@ -346,7 +346,7 @@ def test_typed_dialogue_fixture_replays_through_the_speech_node(ros):
     )
     player = Node("bag_test_fixture_player", namespace=ns)
     spinner = Spinner(speech, player)
-    inputs = ["/typed_text", "/question", "/dialogue_state"]
+    inputs = ["/typed_text", "/dialogue_state"]
     try:
         observed: list[Any] = []
         player.create_subscription(Utterance, f"{ns}/utterance", observed.append, QOS)

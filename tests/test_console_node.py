@@ -12,6 +12,7 @@ import pytest
 import rclpy
 from rclpy.context import Context
 
+from dlgpr_core.dialogue.belief import softmax_belief
 from dlgpr_ros.console_node import DialoguePrinter
 from dlgpr_ros.msg import CandidatePlace, DialogueState, Localization
 
@@ -32,7 +33,12 @@ def printer() -> Iterator[tuple[DialoguePrinter, list[str]]]:
 
 
 def _cands(*scores: float) -> list[CandidatePlace]:
-    return [CandidatePlace(place_id=f"Town:{i}", score=s, rank=i + 1) for i, s in enumerate(scores)]
+    """Candidates with the manager's belief, softmax(score / 0.05), as it publishes them."""
+    belief = softmax_belief(list(scores), 0.05)
+    return [
+        CandidatePlace(place_id=f"Town:{i}", score=s, belief=b, rank=i + 1)
+        for i, (s, b) in enumerate(zip(scores, belief, strict=True))
+    ]
 
 
 def _state(

@@ -49,7 +49,7 @@ def test_questions_are_spoken_without_blocking(fake_espeak: Path, context: Conte
     )
     try:
         t = time.monotonic()
-        node._say("Is there a bakery beside the bank?")
+        node.speaker.say("Is there a bakery beside the bank?")
         assert time.monotonic() - t < 0.25, "speaking must not block the executor"
         deadline = time.monotonic() + 10
         while not fake_espeak.exists() and time.monotonic() < deadline:
@@ -62,7 +62,7 @@ def test_questions_are_spoken_without_blocking(fake_espeak: Path, context: Conte
 def test_no_speech_when_not_asked(fake_espeak: Path, context: Context) -> None:
     node = DialogueManagerNode(context=context)
     try:
-        node._say("Is there a bakery?")
+        node.speaker.say("Is there a bakery?")
         time.sleep(0.6)
         assert not fake_espeak.exists()
     finally:

@@ -80,3 +80,25 @@ def test_every_executable_is_installed() -> None:
         if not spec.optional:
             assert spec.executable in installed, spec.executable
             assert (ROOT / "scripts" / "nodes" / spec.executable).is_file()
+
+
+def test_ros_verbs_come_from_the_ros_package_plugin() -> None:
+    """`dlgpr demo` / `dlgpr bringup` are registered by dlgpr_ros through the entry-point
+    group the colcon install writes (CMakeLists.txt), with package.xml's version."""
+    from importlib.metadata import distribution, entry_points
+
+    from dlgpr_core.cli import PLUGIN_GROUP, app
+
+    (ep,) = [e for e in entry_points(group=PLUGIN_GROUP) if e.name == "ros"]
+    assert ep.value == "dlgpr_ros.cli:register"
+    version = re.search(r"<version>([^<]+)</version>", (ROOT / "package.xml").read_text())
+    assert version is not None
+    assert distribution("dlgpr-ros-commands").version == version.group(1)
+    cmake = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert f"dlgpr_ros_commands-{version.group(1)}.dist-info" in cmake
+    callbacks = {
+        c.name or getattr(c.callback, "__name__", ""): c.callback for c in app.registered_commands
+    }
+    for verb in ("demo", "bringup"):
+        callback = callbacks[verb]
+        assert callback is not None and callback.__module__ == "dlgpr_ros.cli", verb

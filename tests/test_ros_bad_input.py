@@ -84,7 +84,7 @@ def test_answer_to_finished_dialogue(graph: Graph, probe: Probe) -> None:
     probe.say("one more thing", did, final.round + 1)
     _failed(graph, probe, did, "already finished")
     # The finished dialogue itself keeps its outcome.
-    assert graph.node("dialogue_manager").dialogues[did].status == final.status
+    assert graph.node("dialogue_manager").sessions.get(did).state.status == final.status
 
 
 def test_questioner_restart_mid_dialogue(graph: Graph, probe: Probe) -> None:

@@ -19,7 +19,7 @@ import pytest
 from rclpy.node import Node
 from test_ros_graph import Probe, build_map, run_dialogue, wait_connected
 
-from dlgpr_core.dialogue.user import FactUser
+from dlgpr_core.users.fact import FactUser
 from dlgpr_ros.bag import DEFAULT_IGNORE, BagMessage, compare, read_bag, replay
 from dlgpr_ros.bringup import Graph, bringup
 from dlgpr_ros.msg import AudioChunk, DialogueState, Utterance
@@ -58,9 +58,9 @@ def test_facts_update_equals_core_engine(city: Any) -> None:
     FactConsistencyReranker: same questions, same final top-1."""
     from dlgpr_core.dialogue.consistency import FactConsistencyReranker
     from dlgpr_core.dialogue.engine import DialogueEngine
-    from dlgpr_core.dialogue.questioners import make_questioner
+    from dlgpr_core.dialogue.registry import make_questioner
+    from dlgpr_core.mapdb.access import load_encoder
     from dlgpr_core.mapdb.database import MapDatabase
-    from dlgpr_ros.retrieval_node import load_encoder
 
     map_path, places, _ = city
     enc = load_encoder("dlgpr-lite", None)
@@ -305,8 +305,9 @@ def test_committed_bag_replays_identically(city: Any, tmp_path: Path) -> None:
     recorded = read_bag(FIXTURE_BAG)
     replayed = replay_dialogue(map_path, recorded, tmp_path / "replayed")
     # Recorded on another machine: similarity scores may differ in their last float32 bits
-    # (another CPU's SIMD path), so they are compared with a tolerance, all else exactly.
-    loose = ("candidates[*].score", "confidence")
+    # (another CPU's SIMD path), so they and the belief computed from them are compared
+    # with a tolerance, all else exactly.
+    loose = ("candidates[*].score", "candidates[*].belief", "confidence")
     assert compare(_outputs(recorded), _outputs(replayed), ignore=(*DEFAULT_IGNORE, *loose)) == []
     rec_scores = [
         c.score for m in _outputs(recorded) if m.topic == "/candidates" for c in m.msg.candidates
@@ -316,3 +317,10 @@ def test_committed_bag_replays_identically(city: Any, tmp_path: Path) -> None:
     ]
     assert len(rec_scores) == len(rep_scores) > 0
     assert max(abs(a - b) for a, b in zip(rec_scores, rep_scores, strict=True)) < 1e-4
+    rec_belief, rep_belief = (
+        [c.belief for m in _outputs(msgs) if m.topic == "/dialogue_state" for c in m.msg.candidates]
+        for msgs in (recorded, replayed)
+    )
+    assert len(rec_belief) == len(rep_belief) > 0
+    # belief = softmax(score / 0.05): a score difference d moves it by at most ~d / 0.05
+    assert max(abs(a - b) for a, b in zip(rec_belief, rep_belief, strict=True)) < 5e-3

@@ -18,7 +18,7 @@ from rclpy.node import Node
 
 from dlgpr_core.data.annotations import PlaceAnnotation, read_annotations
 from dlgpr_core.data.records import namespaced_place_id
-from dlgpr_core.dialogue.user import FactUser
+from dlgpr_core.users.fact import FactUser
 from dlgpr_ros.bringup import Graph, bringup
 from dlgpr_ros.msg import DialogueState, Localization, Question, Utterance
 from dlgpr_ros.qos import TOPIC_QOS
@@ -32,9 +32,9 @@ def build_map(
 ) -> tuple[Path, dict[str, PlaceAnnotation], dict[str, tuple[float, float]]]:
     """A 30-place city and its dlgpr-lite map; places by id and their map positions."""
     from dlgpr_core.data import scan_dataset
+    from dlgpr_core.mapdb.access import load_encoder
     from dlgpr_core.mapdb.database import MapDatabase
     from dlgpr_core.synth import generate_city
-    from dlgpr_ros.retrieval_node import load_encoder
 
     generate_city(root, CITY, 30, views_per_place=2, seed=5, workers=1, progress=False)
     enc = load_encoder("dlgpr-lite", None)  # the retrieval node reuses this load
@@ -52,9 +52,9 @@ def build_map(
 def core_dialogues(map_path: Path, places: dict[str, PlaceAnnotation]) -> dict[str, Any]:
     """What the in-process engine does for each place's caption: the graph must agree."""
     from dlgpr_core.dialogue.engine import DialogueEngine
-    from dlgpr_core.dialogue.questioners import make_questioner
+    from dlgpr_core.dialogue.registry import make_questioner
+    from dlgpr_core.mapdb.access import load_encoder
     from dlgpr_core.mapdb.database import MapDatabase
-    from dlgpr_ros.retrieval_node import load_encoder
 
     enc = load_encoder("dlgpr-lite", None)
     with MapDatabase.open(map_path) as db:

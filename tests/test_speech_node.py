@@ -42,7 +42,6 @@ class Harness:
         self.node = Node("speech_node_test_harness", namespace=NS)
         self.audio = self.node.create_publisher(AudioChunk, "audio", QOS)
         self.typed = self.node.create_publisher(String, "typed_text", QOS)
-        self.question = self.node.create_publisher(Question, "question", QOS)
         self.state = self.node.create_publisher(DialogueState, "dialogue_state", QOS)
         self.received: list[tuple[float, Utterance]] = []
         self._lock = threading.Lock()
@@ -54,10 +53,7 @@ class Harness:
         self.thread.start()
         self._wait(
             lambda: (
-                all(
-                    p.get_subscription_count() > 0
-                    for p in (self.audio, self.typed, self.question, self.state)
-                )
+                all(p.get_subscription_count() > 0 for p in (self.audio, self.typed, self.state))
                 and self.node.count_publishers(f"{NS}/utterance") > 0
             ),
             10.0,
@@ -304,9 +300,19 @@ def test_typed_text_becomes_an_utterance(harness: Harness):
     assert harness.take(0, timeout_s=0) == []
 
 
+def _awaiting_answer(dialogue_id: str, round_: int, text: str) -> DialogueState:
+    """The manager's state when `text` was asked in `round_` of `dialogue_id`."""
+    q = Question(dialogue_id=dialogue_id, round=round_, text=text)
+    return DialogueState(
+        dialogue_id=dialogue_id,
+        round=round_,
+        phase=DialogueState.PHASE_AWAITING_ANSWER,
+        pending_question=q,
+    )
+
+
 def test_question_stamps_the_answer_until_the_dialogue_is_done(harness: Harness):
-    q = Question(dialogue_id="d-7", round=2, text="Is there a fountain?")
-    harness.question.publish(q)
+    harness.state.publish(_awaiting_answer("d-7", 2, "Is there a fountain?"))
     assert Harness._wait(lambda: harness.speech.awaiting == ("d-7", 2), 10.0)
     harness.typed.publish(String(data="Yes, a small one."))
     msg = harness.take(1, timeout_s=10.0)[0][1]
@@ -321,7 +327,9 @@ def test_question_stamps_the_answer_until_the_dialogue_is_done(harness: Harness)
 
     # another dialogue finishing changes nothing; this one finishing clears it
     harness.state.publish(DialogueState(dialogue_id="other", done=True))
-    harness.state.publish(DialogueState(dialogue_id="d-7", done=False))
+    harness.state.publish(
+        DialogueState(dialogue_id="d-7", round=3, phase=DialogueState.PHASE_AWAITING_QUESTION)
+    )
     harness.settle()
     assert harness.speech.awaiting == ("d-7", 2)
     harness.state.publish(DialogueState(dialogue_id="d-7", done=True))
