@@ -10,7 +10,7 @@ test: setup
 	bash scripts/test.sh
 
 lint: setup
-	source scripts/env.sh && ruff check . && ruff format --check . && mypy
+	source scripts/env.sh && ruff check . && ruff format --check . && mypy && lint-imports --no-cache
 
 demo: setup
 	source scripts/env.sh && dlgpr demo

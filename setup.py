@@ -62,6 +62,7 @@ setup(
             "pytest-timeout>=2.3",
             "ruff>=0.6",
             "mypy>=1.10",
+            "import-linter>=2.16",  # the layer contracts in pyproject.toml
             "types-PyYAML",
             "types-tqdm",
             "scikit-image",  # real photos for checking the pretrained image tower
