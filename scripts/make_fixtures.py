@@ -11,8 +11,9 @@
   its utterances into a fresh graph and expects the same outputs. Needs a DDS loopback and
   ~20 s; its receive times and metadata dates change on every regeneration.
 - typed_dialogue/: a rosbag2 bag (typed_dialogue.mcap + metadata.yaml) of a short typed
-  dialogue as the speech node sees and answers it (typed_text, question, dialogue_state in;
-  utterance out), for replay regression tests and as a sample for Foxglove or `ros2 bag info`.
+  dialogue as the speech node sees and answers it (typed_text and the manager's
+  dialogue_state in; utterance out), for replay regression tests and as a sample for Foxglove
+  or `ros2 bag info`.
 
 Output is deterministic apart from the bag's metadata dates, so a regenerated fixture only
 shows up in a diff when its content changed.
@@ -70,9 +71,17 @@ def dialogue_messages() -> list[tuple[str, object, int]]:
     step = 200_000_000  # 0.2 s between messages
     for i, (dialogue_id, text) in enumerate(TYPED_DIALOGUE):
         if dialogue_id:
+            # the manager's state once the question of round i - 1 was asked
             q = Question(dialogue_id=dialogue_id, round=i - 1, text=f"question {i}?")
             q.questioner = "info-gain"
-            out.append(("/question", q, t))
+            q.probe.kind = "free"
+            state = DialogueState(
+                dialogue_id=dialogue_id,
+                round=i - 1,
+                phase=DialogueState.PHASE_AWAITING_ANSWER,
+                pending_question=q,
+            )
+            out.append(("/dialogue_state", state, t))
             t += step
         out.append(("/typed_text", String(data=text), t))
         t += step
@@ -86,7 +95,14 @@ def dialogue_messages() -> list[tuple[str, object, int]]:
         )
         out.append(("/utterance", u, t))
         t += step
-    out.append(("/dialogue_state", DialogueState(dialogue_id="d-42", round=2, done=True), t))
+    done = DialogueState(
+        dialogue_id="d-42",
+        round=2,
+        done=True,
+        status=DialogueState.STATUS_MAX_ROUNDS,
+        phase=DialogueState.PHASE_DONE,
+    )
+    out.append(("/dialogue_state", done, t))
     return out
 
 
