@@ -17,10 +17,12 @@ import numpy as np
 
 from dlgpr_core.data.records import DatasetScan, SkippedItem
 from dlgpr_core.encoders.base import Encoder
+from dlgpr_core.mapdb.annotating import AnnotateReport, ImageAnnotator, annotate_map
 from dlgpr_core.mapdb.approximate import ApproxIndexes
 from dlgpr_core.mapdb.builder import Builder
 from dlgpr_core.mapdb.directory import MAP_FILE, FineShape, MapDirectory
 from dlgpr_core.mapdb.errors import MapError
+from dlgpr_core.mapdb.evidence import EvidenceStore
 from dlgpr_core.mapdb.index import ApproxKind, ApproxReport
 from dlgpr_core.mapdb.info import map_info, map_skipped, map_stats
 from dlgpr_core.mapdb.report import BuildReport, ImageHit, MapInfo, MapSource, PlaceHit
@@ -42,6 +44,8 @@ class MapDatabase:
         self._search = MapSearch(map_dir, self._vectors, self._approx)
         self.writer = MapWriter(map_dir, self._vectors)
         """What a build writes through (`BuildTarget`); `build` is the usual way in."""
+        self.evidence = EvidenceStore(map_dir.store)
+        """What annotators derived from the images (`annotate` writes it)."""
         self._vectors.reload()
 
     # -- lifecycle ----------------------------------------------------------------
@@ -173,6 +177,28 @@ class MapDatabase:
         done = report.added + report.reencoded
         report.images_per_second = done / report.seconds if report.seconds > 0 else 0.0
         return report
+
+    def annotate(
+        self,
+        annotator: ImageAnnotator,
+        *,
+        batch_size: int = 16,
+        progress: bool = True,
+        workers: int = 4,
+        redo: bool = False,
+    ) -> AnnotateReport:
+        """Derive evidence from every image `annotator` has not done yet (at its version);
+        resumable and incremental, see `dlgpr_core.mapdb.annotating`."""
+        if batch_size <= 0:
+            raise MapError("batch_size must be positive")
+        return annotate_map(
+            self._map,
+            annotator,
+            batch_size=batch_size,
+            progress=progress,
+            workers=workers,
+            redo=redo,
+        )
 
     def sources(self) -> list[MapSource]:
         """The data sets this map was built from, oldest first."""

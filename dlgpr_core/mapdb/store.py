@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from dlgpr_core.data.records import SkippedItem
 from dlgpr_core.mapdb.schema import SCHEMA_SQL, SCHEMA_VERSION
@@ -96,6 +97,15 @@ class MapStore:
     def rollback_to(self, name: str) -> None:
         self._conn.execute(f"ROLLBACK TO {name}")
         self._conn.execute(f"RELEASE {name}")
+
+    def execute(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        """One statement and its rows, for the tables other modules own (evidence)."""
+        with self.lock:
+            return list(self._conn.execute(sql, tuple(args)).fetchall())
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> None:
+        with self.lock:
+            self._conn.executemany(sql, rows)
 
     def close(self) -> None:
         self.rollback()

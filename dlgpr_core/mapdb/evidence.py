@@ -1,0 +1,171 @@
+"""Evidence in the map: what annotators derived from each image, stored beside the images.
+
+The robot's knowledge of its map comes from the map's images, never from a data set's
+ground truth: an annotator (a learned model, zero-shot phrase scoring, a teacher VLM, OCR)
+turns each image into `EvidenceItem`s, and questioners and answer updates read them back per
+place. Several annotators can annotate one map; each is kept apart by name, and each image
+records the version of the annotator that did it, so a changed model re-annotates.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dlgpr_core.mapdb.store import MapStore, utc_now
+
+Box = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class EvidenceItem:
+    """One thing an annotator saw in one image.
+
+    `phrase` is always set ("a red brick bank"); `category`/`attribute`/`value` are the
+    structured slot where the annotator knows it (attribute ``"category"`` says the thing
+    itself is visible; see `dlgpr_core.evidence.slots`); `confidence` is the annotator's
+    probability that the statement holds for the image, in [0, 1].
+    """
+
+    phrase: str
+    confidence: float
+    category: str = ""
+    attribute: str = ""
+    value: str = ""
+    bbox: Box | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.confidence <= 1.0:
+            raise ValueError(f"confidence must be in [0, 1], got {self.confidence} ({self})")
+        if not self.phrase.strip():
+            raise ValueError("an evidence item needs a phrase")
+
+
+@dataclass
+class ImageEvidence:
+    """One annotated image of a place and what was seen in it."""
+
+    image_id: int
+    path: str
+    """Relative to the image's data set root, as search hits carry it."""
+    items: list[EvidenceItem] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AnnotatorRun:
+    """How far one annotator got on a map."""
+
+    annotator: str
+    versions: dict[str, int]
+    """annotator version -> images done with it."""
+    items: int
+
+    @property
+    def images(self) -> int:
+        return sum(self.versions.values())
+
+
+class EvidenceStore:
+    """The evidence tables of one map (callers hold the map's lock around writes)."""
+
+    def __init__(self, store: MapStore) -> None:
+        self._store = store
+
+    def _q(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        return self._store.execute(sql, args)
+
+    # -- writing ------------------------------------------------------------------------
+    def put(
+        self, annotator: str, version: str, results: Iterable[tuple[int, Sequence[EvidenceItem]]]
+    ) -> int:
+        """Stores each image's items (replacing what this annotator stored for it) and marks
+        it done at `version`, in the current transaction; returns the items written."""
+        n = 0
+        now = utc_now()
+        for image_id, items in results:
+            self._store.execute(
+                "DELETE FROM evidence WHERE annotator = ? AND image_id = ?", (annotator, image_id)
+            )
+            rows = [
+                (
+                    image_id,
+                    annotator,
+                    it.phrase,
+                    float(it.confidence),
+                    it.category,
+                    it.attribute,
+                    it.value,
+                    *(it.bbox if it.bbox is not None else (None, None, None, None)),
+                )
+                for it in items
+            ]
+            self._store.executemany(
+                "INSERT INTO evidence (image_id, annotator, phrase, confidence, category, "
+                "attribute, value, x0, y0, x1, y1) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            self._store.execute(
+                "INSERT OR REPLACE INTO evidence_runs (image_id, annotator, version, time) "
+                "VALUES (?, ?, ?, ?)",
+                (image_id, annotator, version, now),
+            )
+            n += len(rows)
+        return n
+
+    def delete(self, annotator: str) -> None:
+        """Forget everything `annotator` stored (in the current transaction)."""
+        self._store.execute("DELETE FROM evidence WHERE annotator = ?", (annotator,))
+        self._store.execute("DELETE FROM evidence_runs WHERE annotator = ?", (annotator,))
+
+    # -- reading ------------------------------------------------------------------------
+    def todo(self, annotator: str, version: str) -> list[int]:
+        """Ids of images `annotator` has not done at `version` (new images, a new model)."""
+        rows = self._q(
+            "SELECT i.id FROM images i LEFT JOIN evidence_runs r ON r.image_id = i.id "
+            "AND r.annotator = ? WHERE r.version IS NULL OR r.version != ? ORDER BY i.id",
+            (annotator, version),
+        )
+        return [int(r[0]) for r in rows]
+
+    def runs(self) -> list[AnnotatorRun]:
+        """Every annotator that annotated this map, with its versions and item count."""
+        versions: dict[str, dict[str, int]] = defaultdict(dict)
+        for name, version, n in self._q(
+            "SELECT annotator, version, COUNT(*) FROM evidence_runs GROUP BY annotator, version"
+        ):
+            versions[str(name)][str(version)] = int(n)
+        items = {
+            str(name): int(n)
+            for name, n in self._q("SELECT annotator, COUNT(*) FROM evidence GROUP BY annotator")
+        }
+        return [AnnotatorRun(a, v, items.get(a, 0)) for a, v in sorted(versions.items())]
+
+    def for_places(
+        self, annotator: str, place_ids: Sequence[str]
+    ) -> dict[str, list[ImageEvidence]]:
+        """place id -> its images `annotator` has done, each with its items (an image done
+        with no item saw nothing: evidence of absence). Places not done are absent."""
+        out: dict[str, dict[int, ImageEvidence]] = {}
+        for start in range(0, len(place_ids), 500):  # SQLite's variable limit
+            chunk = list(place_ids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            for row in self._q(
+                "SELECT i.place_id, i.id, i.path, e.phrase, e.confidence, e.category, "
+                "e.attribute, e.value, e.x0, e.y0, e.x1, e.y1 FROM evidence_runs r "
+                "JOIN images i ON i.id = r.image_id LEFT JOIN evidence e "
+                "ON e.image_id = r.image_id AND e.annotator = r.annotator "
+                f"WHERE r.annotator = ? AND i.place_id IN ({marks}) ORDER BY i.id, e.id",
+                (annotator, *chunk),
+            ):
+                place, image_id, path, phrase, conf, cat, attr, value, x0, y0, x1, y1 = row
+                images = out.setdefault(str(place), {})
+                image = images.setdefault(int(image_id), ImageEvidence(int(image_id), str(path)))
+                if phrase is None:
+                    continue
+                box = (int(x0), int(y0), int(x1), int(y1)) if x0 is not None else None
+                image.items.append(
+                    EvidenceItem(str(phrase), float(conf), str(cat), str(attr), str(value), box)
+                )
+        return {place: list(images.values()) for place, images in out.items()}
