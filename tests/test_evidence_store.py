@@ -40,7 +40,7 @@ class ColourAnnotator:
         out = []
         for img in images:
             channel = int(np.asarray(img).reshape(-1, 3).mean(axis=0).argmax())
-            colour = NAMES.get(channel)
+            colour = NAMES.get(channel, "")
             # green images "show nothing": done, but with no item (evidence of absence)
             seen = [EvidenceItem(f"a {colour} wall", 0.9, "wall", "colour", colour, (0, 0, 4, 4))]
             out.append(seen if colour and colour != "green" else [])
