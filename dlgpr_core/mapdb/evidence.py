@@ -25,8 +25,10 @@ class EvidenceItem:
 
     `phrase` is always set ("a red brick bank"); `category`/`attribute`/`value` are the
     structured slot where the annotator knows it (attribute ``"category"`` says the thing
-    itself is visible; see `dlgpr_core.evidence.slots`); `confidence` is the annotator's
-    probability that the statement holds for the image, in [0, 1].
+    itself is visible; see `dlgpr_core.evidence.slots`). `confidence`, in [0, 1]: for a
+    presence item or an item without a slot, the probability that it holds for the image;
+    for an attribute item, P(attribute = value | the category is visible), so that "is it
+    there" and "what does it look like" stay separate; for the street, P(value).
     """
 
     phrase: str
