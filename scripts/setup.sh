@@ -17,10 +17,10 @@ say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 digest() { cat "$@" 2>/dev/null | sha256sum | cut -c1-16; }
 
 # Debian packages: speech synthesis for the spoken-dialogue tests and fixtures (flite,
-# espeak-ng), PortAudio for sounddevice and libsndfile for soundfile. Installed only where
-# they are missing and apt can be used (CI runs as root); elsewhere the tests that need them
-# say so and skip.
-debs=(flite espeak-ng libportaudio2 libsndfile1)
+# espeak-ng), PortAudio for sounddevice, libsndfile for soundfile, tesseract for the OCR
+# evidence annotator. Installed only where they are missing and apt can be used (CI runs as
+# root); elsewhere the tests that need them say so and skip.
+debs=(flite espeak-ng libportaudio2 libsndfile1 tesseract-ocr tesseract-ocr-eng)
 missing=()
 for d in "${debs[@]}"; do dpkg -s "$d" >/dev/null 2>&1 || missing+=("$d"); done
 if ((${#missing[@]})); then
