@@ -16,11 +16,13 @@ def ensure_demo_city(
     workdir: Path,
     places: int = 300,
     seed: int = 7,
+    evidence: str = "learned",
     say: Callable[[str], None] | None = None,
 ) -> tuple[Path, Path]:
-    """(annotations file, map directory) of the demo city under `workdir`; `say` hears the
-    build report when images were added."""
+    """(annotations file, map directory) of the demo city under `workdir`, its images
+    annotated by `evidence` (an annotator spec); `say` hears the reports of what was added."""
     from dlgpr_core.data import scan_dataset
+    from dlgpr_core.evidence.registry import make_annotator
     from dlgpr_core.mapdb.access import open_or_create_map
     from dlgpr_core.synth import generate_city
 
@@ -30,6 +32,9 @@ def ensure_demo_city(
     db, enc = open_or_create_map(workdir / "map", "dlgpr-lite")
     with db:
         report = db.build(scan_dataset(workdir, fmt="gsv"), enc, progress=True, source_kind="gsv")
-    if report.added and say is not None:
+        annotated = db.annotate(make_annotator(evidence, encoder=enc))
+    if say is not None and report.added:
         say(report.render())
+    if say is not None and annotated.annotated:
+        say(annotated.render())
     return annotations, workdir / "map"

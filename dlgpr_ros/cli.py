@@ -36,7 +36,16 @@ def demo(
     ] = "simulated",
     dialogues: Annotated[int, typer.Option(min=1, help="Simulated dialogues to run.")] = 3,
     questioner: Annotated[str, typer.Option(help="info-gain or random.")] = "info-gain",
-    update: Annotated[str, typer.Option(help="'facts' (default) or 'text' (paper).")] = "facts",
+    update: Annotated[
+        str,
+        typer.Option(
+            help="'evidence' (default: answers re-score places by their image "
+            "evidence) or 'text' (the paper: answers only extend the query)."
+        ),
+    ] = "evidence",
+    evidence: Annotated[
+        str, typer.Option(help="The annotator that derives the map's evidence from its images.")
+    ] = "learned",
     places: Annotated[int, typer.Option(min=10)] = 300,
     seed: Annotated[int, typer.Option()] = 7,
     record: Annotated[Path | None, typer.Option(help="Record every message to MCAP.")] = None,
@@ -45,18 +54,20 @@ def demo(
 
     A person (simulated, typed or spoken) describes a place vaguely; the robot asks
     questions until it is confident or has asked five, then reports the place and its
-    position. The dialogue is printed as it goes.
+    position. What the robot knows of the map comes from its images (the learned
+    annotator's evidence); only the simulated person knows the city's ground truth.
     """
     from dlgpr_core.demo import ensure_demo_city
     from dlgpr_ros.bringup import running
 
     if user not in USERS:
         raise ValueError(f"--user takes {', '.join(USERS)}, not {user!r}")
-    annotations, map_dir = ensure_demo_city(workdir, places, seed, say=console.print)
+    annotations, map_dir = ensure_demo_city(workdir, places, seed, evidence, say=console.print)
     overrides: dict[str, object] = {
         "map_path": str(map_dir),
         "questioner.questioner": questioner,
         "dialogue_manager.update": update,
+        "evidence": evidence,
     }
     if user == "typed":
         overrides["typed_input.read_stdin"] = True

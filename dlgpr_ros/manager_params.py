@@ -31,13 +31,12 @@ PARAMETERS: tuple[tuple[str, Any, str], ...] = (
     ("voice", "en", "espeak-ng voice."),
     (
         "update",
-        "text",
-        "Belief update: 'text' (the paper: answers only extend the query) or "
-        "'facts' (also re-rank by agreement with the map's annotations).",
+        "evidence",
+        "Belief update: 'text' (the paper: answers only extend the query) or 'evidence' "
+        "(also re-score each place by the answer's likelihood under its image evidence).",
     ),
-    ("map_path", "", "Map (annotations for facts)."),
-    ("annotations", "", "Annotations dir override."),
-    ("epsilon", 0.05, "facts: chance a truthful answer contradicts them."),
+    ("map_path", "", "Map (its image evidence, for update=evidence)."),
+    ("evidence", "learned", "Annotator whose map evidence the update reads."),
     ("id_prefix", "", "Dialogue id prefix; empty: random (set it to replay a bag's answers)."),
 )
 

@@ -3,13 +3,15 @@
 Stateless on purpose: a DialogueState awaiting a question carries everything needed
 (candidates with their belief, the answered questions with their structured probes), so a
 questioner that was restarted mid-dialogue asks exactly what a never-restarted one would,
-and the dialogue manager can simply re-send a state it got no question for.
+and the dialogue manager can simply re-send a state it got no question for. What it knows
+about the candidates is the map's image evidence (`dlgpr map evidence`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor
@@ -18,23 +20,30 @@ from rclpy.node import Node
 
 from dlgpr_core.dialogue.questioner import Questioner
 from dlgpr_core.dialogue.registry import QUESTIONERS, make_questioner
+from dlgpr_core.evidence.knowledge import EvidenceSource
 from dlgpr_core.mapdb.access import DEFAULT_MAP
 from dlgpr_ros import conversions
 from dlgpr_ros.msg import DialogueState, Question
 from dlgpr_ros.qos import TOPIC_QOS
 from dlgpr_ros.spin import spin_nodes
 
+if TYPE_CHECKING:
+    from dlgpr_core.mapdb.database import MapDatabase
 
-def build_questioner(
-    name: str, map_path: str, annotations: str, top_k: int, seed: int
-) -> Questioner:
-    """The named questioner over the map's knowledge of its places. Today that knowledge is
-    the data set's annotations (ground truth): a temporary exception of the robot-side
-    import-linter contract, removed when questioners read image-derived evidence (#11)."""
-    from dlgpr_core.mapdb.ground_truth import map_annotations
 
-    places = map_annotations(map_path or DEFAULT_MAP, annotations)
-    return make_questioner(name, places_by_id=places, top_k=top_k, seed=seed)
+def map_evidence(map_path: str, annotator: str) -> tuple[MapDatabase, EvidenceSource, int]:
+    """The map (kept open: evidence is read as candidates come), its evidence of
+    `annotator`, and how many images that annotator has done."""
+    from dlgpr_core.mapdb.database import MapDatabase
+
+    db = MapDatabase.open(Path(map_path or DEFAULT_MAP))
+    done = sum(r.images for r in db.evidence.runs() if r.annotator == annotator)
+    return db, EvidenceSource.of_map(db.evidence, annotator), done
+
+
+def build_questioner(name: str, evidence: EvidenceSource, top_k: int, seed: int) -> Questioner:
+    """The named questioner over what the map's images show (never ground truth)."""
+    return make_questioner(name, evidence=evidence, top_k=top_k, seed=seed)
 
 
 class QuestionerNode(Node):
@@ -54,7 +63,7 @@ class QuestionerNode(Node):
             desc(description=f"Map whose places are asked about; empty: {DEFAULT_MAP}."),
         )
         self.declare_parameter(
-            "annotations", "", desc(description="Annotations directory overriding the map's.")
+            "evidence", "learned", desc(description="Annotator whose map evidence is used.")
         )
         self.declare_parameter(
             "top_k", 10, desc(description="Candidates the questioner reasons about.")
@@ -62,10 +71,18 @@ class QuestionerNode(Node):
         self.declare_parameter("seed", 0, desc(description="Seed of the random questioner."))
         self.counters: Counter[str] = Counter()
         name = str(self.get_parameter("questioner").value)
+        annotator = str(self.get_parameter("evidence").value)
+        self._db, evidence, done = map_evidence(
+            str(self.get_parameter("map_path").value), annotator
+        )
+        if not done:
+            self.get_logger().warning(
+                f"the map has no {annotator!r} evidence: the questioner has nothing to ask "
+                f"about (run `dlgpr map evidence --map <map> --annotator {annotator}`)"
+            )
         self.questioner = build_questioner(
             name,
-            str(self.get_parameter("map_path").value),
-            str(self.get_parameter("annotations").value),
+            evidence,
             int(self.get_parameter("top_k").value),
             int(self.get_parameter("seed").value),
         )
@@ -77,7 +94,7 @@ class QuestionerNode(Node):
             TOPIC_QOS["dialogue_state"],
             callback_group=MutuallyExclusiveCallbackGroup(),
         )
-        self.get_logger().info(f"{name} questioner ready")
+        self.get_logger().info(f"{name} questioner over {annotator} evidence of {done} images")
 
     def _on_state(self, msg: DialogueState) -> None:
         if msg.phase != DialogueState.PHASE_AWAITING_QUESTION:
@@ -99,6 +116,10 @@ class QuestionerNode(Node):
             )
         )
         self.counters["asked"] += 1
+
+    def destroy_node(self) -> None:
+        self._db.close()
+        super().destroy_node()
 
 
 def main(args: list[str] | None = None) -> None:

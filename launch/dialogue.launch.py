@@ -18,27 +18,34 @@ ARGUMENTS = {
     "config": ("", "parameters file (default: the package's config/dialogue.yaml)"),
     "map": ("", "map directory; sets map_path of every node that reads the map"),
     "questioner": ("info-gain", "questioner: info-gain or random"),
+    "evidence": ("", "annotator whose map evidence the robot reads (default: learned)"),
     "input": ("typed", "input mode: typed or speech"),
 }
 
 
-def overrides_from_arguments(map_path: str, questioner: str) -> dict[str, Any]:
+def overrides_from_arguments(map_path: str, questioner: str, evidence: str = "") -> dict[str, Any]:
     """Launch arguments -> the overrides bringup takes (empty arguments change nothing)."""
     out: dict[str, Any] = {}
     if map_path:
         out["map_path"] = map_path
     if questioner:
         out["questioner.questioner"] = questioner
+    if evidence:
+        out["evidence"] = evidence
     return out
 
 
 def node_plan(
-    config: str = "", map_path: str = "", questioner: str = "", input_mode: str = "typed"
+    config: str = "",
+    map_path: str = "",
+    questioner: str = "",
+    input_mode: str = "typed",
+    evidence: str = "",
 ) -> list[PlannedNode]:
     """The nodes to start and their parameters for these launch arguments."""
     return launch_plan(
         config or default_config_path(),
-        overrides_from_arguments(map_path, questioner),
+        overrides_from_arguments(map_path, questioner, evidence),
         input_mode,
     )
 
@@ -48,7 +55,9 @@ def _nodes(context: Any) -> list[Any]:
 
     args = {name: context.perform_substitution(_config(name)) for name in ARGUMENTS}
     actions = []
-    for planned in node_plan(args["config"], args["map"], args["questioner"], args["input"]):
+    for planned in node_plan(
+        args["config"], args["map"], args["questioner"], args["input"], args["evidence"]
+    ):
         kwargs = {
             "package": "dlgpr_ros",
             "executable": planned.spec.executable,

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 
 from dlgpr_core.data.annotations import PlaceAnnotation, places_by_id, read_annotations
+from dlgpr_core.dialogue.answers import DONT_KNOW
 from dlgpr_core.dialogue.engine import DialogueEngine
-from dlgpr_core.dialogue.knowledge import DONT_KNOW, PlaceKnowledge
 from dlgpr_core.dialogue.questioners import (
     InfoGainQuestioner,
-    RandomFactQuestioner,
+    RandomQuestioner,
     candidate_questions,
 )
 from dlgpr_core.dialogue.questions import (
@@ -31,11 +31,14 @@ from dlgpr_core.dialogue.questions import (
 )
 from dlgpr_core.dialogue.registry import make_questioner
 from dlgpr_core.dialogue.state import DialogueConfig
+from dlgpr_core.evaluation.oracle import oracle_place_evidence, oracle_source
 from dlgpr_core.evaluation.summary import summarise
+from dlgpr_core.evidence.knowledge import EvidenceSource
 from dlgpr_core.mapdb.report import PlaceHit
 from dlgpr_core.synth.city import generate_city
 from dlgpr_core.synth.vocabulary import BUILDINGS
 from dlgpr_core.users.fact import FactUser
+from dlgpr_core.users.knowledge import PlaceKnowledge
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +51,13 @@ def places(tmp_path_factory: pytest.TempPathFactory) -> list[PlaceAnnotation]:
 @pytest.fixture(scope="module")
 def by_id(places: list[PlaceAnnotation]) -> dict[str, PlaceAnnotation]:
     return places_by_id(places)
+
+
+@pytest.fixture(scope="module")
+def evidence(places: list[PlaceAnnotation]) -> EvidenceSource:
+    """Oracle evidence (ground truth as image evidence): the questioners' input is exact,
+    so these tests check the questioners' logic, not an annotator."""
+    return oracle_source(places)
 
 
 def _words(text: str) -> set[str]:
@@ -176,12 +186,12 @@ def _any_truthful(user: FactUser, k: PlaceKnowledge) -> set[str]:
 
 
 def test_generated_question_texts_parse_back(
-    places: list[PlaceAnnotation], by_id: dict[str, PlaceAnnotation]
+    places: list[PlaceAnnotation], evidence: EvidenceSource
 ) -> None:
     """A questioner's text, read as free text, gets the structured answer (or I don't know)."""
-    q = InfoGainQuestioner(by_id)
+    q = InfoGainQuestioner(evidence)
     user = FactUser(places[0])
-    pool = candidate_questions([PlaceKnowledge.from_place(p) for p in places[:10]])
+    pool = candidate_questions([oracle_place_evidence(p) for p in places[:10]])
     understood = 0
     for question in pool:
         ans = user.answer(question.text)
@@ -191,9 +201,11 @@ def test_generated_question_texts_parse_back(
     assert q.name == "info-gain"
 
 
-def test_info_gain_splits_candidates(by_id: dict[str, PlaceAnnotation]) -> None:
+def test_info_gain_splits_candidates(
+    by_id: dict[str, PlaceAnnotation], evidence: EvidenceSource
+) -> None:
     search = overlap_search(by_id)
-    qn = InfoGainQuestioner(by_id)
+    qn = InfoGainQuestioner(evidence)
     engine = DialogueEngine(search, qn, DialogueConfig(confidence=None))
     state = engine.start("I see a bank with a bus stop beside it.")
     question = state.pending_question
@@ -204,9 +216,9 @@ def test_info_gain_splits_candidates(by_id: dict[str, PlaceAnnotation]) -> None:
     assert len(outcomes) > 1  # not a question every candidate answers alike
 
 
-def test_info_gain_is_fast(by_id: dict[str, PlaceAnnotation]) -> None:
+def test_info_gain_is_fast(by_id: dict[str, PlaceAnnotation], evidence: EvidenceSource) -> None:
     search = overlap_search(by_id)
-    qn = InfoGainQuestioner(by_id, top_k=10)
+    qn = InfoGainQuestioner(evidence, top_k=10)
     engine = DialogueEngine(search, qn, DialogueConfig(confidence=None))
     state = engine.start("A street with shops.")
     assert len(state.candidates) == 10
@@ -218,10 +230,12 @@ def test_info_gain_is_fast(by_id: dict[str, PlaceAnnotation]) -> None:
 
 
 @pytest.mark.parametrize("name", ["info-gain", "random"])
-def test_engine_loop(name: str, by_id: dict[str, PlaceAnnotation]) -> None:
+def test_engine_loop(
+    name: str, by_id: dict[str, PlaceAnnotation], evidence: EvidenceSource
+) -> None:
     search = overlap_search(by_id)
     kwargs: dict[str, Any] = {"seed": 1} if name == "random" else {}
-    qn = make_questioner(name, places_by_id=by_id, **kwargs)
+    qn = make_questioner(name, evidence=evidence, **kwargs)
     engine = DialogueEngine(search, qn, DialogueConfig(max_rounds=5, confidence=None, search_k=30))
     target_id, place = next(iter(by_id.items()))
     result = engine.run(place.caption, FactUser(place), target_id)
@@ -237,9 +251,11 @@ def test_engine_loop(name: str, by_id: dict[str, PlaceAnnotation]) -> None:
     assert summary.n_rounds == 6 and len(summary.recall[1]) == 6
 
 
-def test_engine_stops_early_on_confidence(by_id: dict[str, PlaceAnnotation]) -> None:
+def test_engine_stops_early_on_confidence(
+    by_id: dict[str, PlaceAnnotation], evidence: EvidenceSource
+) -> None:
     search = overlap_search(by_id)
-    qn = InfoGainQuestioner(by_id)
+    qn = InfoGainQuestioner(evidence)
     target_id, place = next(iter(by_id.items()))
     # The full description makes the overlap fixture certain (tiny temperature).
     cfg = DialogueConfig(confidence=0.9, temperature=1e-3)
@@ -250,9 +266,11 @@ def test_engine_stops_early_on_confidence(by_id: dict[str, PlaceAnnotation]) -> 
         DialogueEngine(search, qn, cfg).step(result.final, "Yes.")
 
 
-def test_random_questioner_never_repeats(by_id: dict[str, PlaceAnnotation]) -> None:
+def test_random_questioner_never_repeats(
+    by_id: dict[str, PlaceAnnotation], evidence: EvidenceSource
+) -> None:
     search = overlap_search(by_id)
-    qn = RandomFactQuestioner(by_id, seed=3)
+    qn = RandomQuestioner(evidence, seed=3)
     engine = DialogueEngine(search, qn, DialogueConfig(max_rounds=40, confidence=None, top_k=1))
     place = next(iter(by_id.values()))
     result = engine.run(place.caption, FactUser(place))

@@ -1,4 +1,5 @@
-"""The fact-consistency update and the Table 1 evaluation run (log, resume, table, plot).
+"""Reading answers, the evidence update and the Table 1 evaluation run (log, resume, table,
+plot).
 
 `word_search` below is a PLUMBING FIXTURE, not a retriever: it ranks places by word
 overlap with their captions (deliberately vague, so the dialogue has work to do). The
@@ -17,33 +18,31 @@ import numpy as np
 import pytest
 
 from dlgpr_core.data.annotations import PlaceAnnotation, places_by_id, read_annotations
-from dlgpr_core.dialogue.consistency import (
-    FactConsistencyReranker,
-    answer_polarity,
-    consistent,
-)
+from dlgpr_core.dialogue.answer_model import AnswerModel
+from dlgpr_core.dialogue.answers import DONT_KNOW, answer_polarity, probe_of, read_answer
 from dlgpr_core.dialogue.engine import SearchFn
-from dlgpr_core.dialogue.knowledge import DONT_KNOW, PlaceKnowledge
+from dlgpr_core.dialogue.evidence_update import EvidenceUpdate
 from dlgpr_core.dialogue.metrics import bri, cumulative_recall_at_k
 from dlgpr_core.dialogue.questioners import (
     InfoGainQuestioner,
-    RandomFactQuestioner,
+    RandomQuestioner,
     candidate_questions,
 )
 from dlgpr_core.dialogue.questions import (
     attribute_question,
     free_question,
     presence_question,
-    statement,
 )
 from dlgpr_core.evaluation.log import DialogueLog
-from dlgpr_core.evaluation.runner import EvalSettings, evaluate_city
+from dlgpr_core.evaluation.oracle import oracle_place_evidence, oracle_source
+from dlgpr_core.evaluation.runner import Condition, EvalSettings, evaluate_city
 from dlgpr_core.evaluation.summary import (
     plot_recall,
     summarise_records,
     table_markdown,
     write_table,
 )
+from dlgpr_core.evidence.knowledge import EvidenceSource
 from dlgpr_core.mapdb.report import PlaceHit
 from dlgpr_core.synth.city import generate_city
 from dlgpr_core.users.fact import FactUser
@@ -79,7 +78,7 @@ def word_search(by_id: dict[str, PlaceAnnotation]) -> SearchFn:
     return search
 
 
-# --- the consistency update -------------------------------------------------------------
+# --- reading answers and the evidence update ---------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -99,88 +98,94 @@ def test_answer_polarity(answer: str, polarity: str | None) -> None:
     assert answer_polarity(answer) == polarity
 
 
-def test_consistency_follows_the_places_facts(places: list[PlaceAnnotation]) -> None:
-    place = places[0]
-    k = PlaceKnowledge.from_place(place)
-    present = next(iter(k.categories))
-    q = presence_question(present)
-    assert consistent(k, q, "Yes, there is one.") is True
-    assert consistent(k, q, "No, there is none.") is False
-    assert consistent(k, q, DONT_KNOW) is None
-    # The same probe asked in free text (an LLM's wording) is read through the parser.
-    assert consistent(k, free_question(f"Is there a {present}?"), "No.") is False
-    # A free question nobody can parse settles nothing.
-    assert consistent(k, free_question("How does the place feel?"), "No.") is None
-    # An open question is consistent when the answer states one of the place's values.
-    (cat, attr), values = next(iter(k.values.items()))
-    open_q = attribute_question(cat, attr)
-    assert consistent(k, open_q, k.answer(open_q)) is True
-    # A stated value this place does not have contradicts it; gibberish settles nothing.
-    assert consistent(k, open_q, f"It is {values[0]}zz.") is None
-    width = k.values[("street", "width")][0]
-    other = next(
-        v
-        for p in places
-        for v in PlaceKnowledge.from_place(p).values.get(("street", "width"), ())
-        if v != width
-    )
-    street_q = attribute_question("street", "width")
-    assert consistent(k, street_q, statement("street", "width", other)) is False
-    assert consistent(k, street_q, statement("street", "width", width)) is True
+def test_answers_are_read_as_outcomes_of_their_probe() -> None:
+    colour = attribute_question("bank", "colour", "red")
+    assert read_answer(colour, "Yes, the bank has a red facade.") == ("yes",)
+    assert read_answer(colour, "No, the bank has a brown facade.") == ("no", "brown")
+    assert read_answer(colour, "Nope. It's brown, I think.") == ("no", "brown")
+    assert read_answer(colour, "No, there is no bank.") == ("absent",)
+    assert read_answer(colour, DONT_KNOW) == ("unknown",)
+    assert read_answer(colour, "Hmm.") is None
+    awning = attribute_question("cafe", "awning")
+    assert read_answer(awning, "The awnings are green.") == ("value", "green")
+    name = attribute_question("bank", "name")
+    assert read_answer(name, 'The sign says "Union Saving".') == ("value", "Union Savings")
+    fountain = presence_question("fountain")
+    assert read_answer(fountain, "Yes, there is a fountain.") == ("present",)
+    assert read_answer(free_question("Is there a fountain?"), "Nope.") == ("absent",)
+    assert read_answer(free_question("How does the place feel?"), "No.") is None
 
 
-def test_every_truthful_answer_is_consistent_with_its_own_place(
+def test_every_truthful_answer_leaves_its_own_place_likely(
     places: list[PlaceAnnotation],
 ) -> None:
-    """The update must never penalise the true place for the user's truthful answer."""
+    """With exact (oracle) evidence, the update never rules the true place out for a
+    truthful answer: its likelihood stays far above the floor."""
+    model = AnswerModel()
     checked = 0
     for place in places:
-        k = PlaceKnowledge.from_place(place)
+        ev = oracle_place_evidence(place)
         user = FactUser(place)
-        for q in candidate_questions([k]):
-            assert consistent(k, q, user.answer(q)) is not False, (place.place_id, q)
-            # The same question read back from its text (as from a log or an LLM).
-            assert consistent(k, free_question(q.text), user.answer(q.text)) is not False
-            checked += 1
-    assert checked > 100
+        for q in candidate_questions([ev]):
+            for asked in (q, free_question(q.text)):
+                outcome = read_answer(asked, user.answer(asked))
+                if outcome is None:
+                    continue
+                likelihood = model.likelihood(ev, probe_of(asked) or q, outcome)
+                assert likelihood is not None, q
+                # "I don't know" is weak evidence, but still more likely where the thing is
+                bound = 1.5 * model.floor if outcome == ("unknown",) else 5 * model.floor
+                assert likelihood > bound, (q, outcome, likelihood)
+                checked += 1
+    assert checked > 300
 
 
-def test_reranker_demotes_contradicted_places(by_id: dict[str, PlaceAnnotation]) -> None:
+def test_evidence_update_applies_bayes_rule(
+    places: list[PlaceAnnotation], by_id: dict[str, PlaceAnnotation]
+) -> None:
     ids = sorted(by_id)[:8]
     ranking = [
         PlaceHit(i + 1, 0.9 - 0.01 * i, pid, 0.0, 0.0, "", 0, "Evaltown", "")
         for i, pid in enumerate(ids)
     ]
-    cat = next(iter(PlaceKnowledge.from_place(by_id[ids[0]]).categories))
+    evidence = oracle_source(places)
+    cat = next(iter(oracle_place_evidence(by_id[ids[0]]).presence))
     q = presence_question(cat)
-    rr = FactConsistencyReranker(by_id, epsilon=0.05, temperature=0.05)
-    out = rr(ranking, [q], ["No, there is none."])
-    penalty = 0.05 * np.log(20)
-    has = {pid: cat in PlaceKnowledge.from_place(by_id[pid]).categories for pid in ids}
-    expected = sorted(ids, key=lambda pid: -(0.9 - 0.01 * ids.index(pid) - penalty * has[pid]))
+    update = EvidenceUpdate(evidence, temperature=0.05)
+    out = update(ranking, [q], ["No, there is none."])
+    floor = AnswerModel().floor
+    has = {pid: oracle_place_evidence(by_id[pid]).p(cat) == 1.0 for pid in ids}
+    # P("absent" | place) = floor where the oracle sees the thing, 1 where it does not
+    delta = {pid: 0.05 * np.log(floor) if has[pid] else 0.0 for pid in ids}
+    expected = sorted(ids, key=lambda pid: -(0.9 - 0.01 * ids.index(pid) + delta[pid]))
     assert [h.place_id for h in out] == expected
     assert [h.rank for h in out] == list(range(1, 9))
-    assert next(h for h in out if h.place_id == ids[0]).score == pytest.approx(0.9 - penalty)
+    got = next(h for h in out if h.place_id == ids[0]).score
+    assert got == pytest.approx(0.9 + 0.05 * np.log(floor))
     assert 0 < sum(has.values()) < len(ids), "fixture should mix places with and without it"
-    # No questions, or places without annotations, leave the ranking as it was.
-    assert rr(ranking, [], []) == ranking
-    assert FactConsistencyReranker({})(ranking, [q], ["No."]) == ranking
-    with pytest.raises(ValueError, match="epsilon"):
-        FactConsistencyReranker(by_id, epsilon=0.0)
+    # No questions, or an unreadable answer, leave the ranking as it was.
+    assert update(ranking, [], []) == ranking
+    assert update(ranking, [q], ["Hmm."]) == ranking
+    # Places without evidence are neither helped nor hurt: they get the median likelihood.
+    sparse = EvidenceUpdate(oracle_source([by_id[pid] for pid in ids[:4]]), temperature=0.05)
+    assert len(sparse(ranking, [q], ["No."])) == 8
 
 
 # --- the evaluation run -----------------------------------------------------------------
 
 
 def _run(places, by_id, log, questioner, update, settings):
-    def make(seed: int):
-        if questioner == "random":
-            return RandomFactQuestioner(by_id, seed=seed)
-        return InfoGainQuestioner(by_id)
+    evidence = oracle_source(places)
 
+    def make(seed: int, _targets):
+        if questioner == "random":
+            return RandomQuestioner(evidence, seed=seed)
+        return InfoGainQuestioner(evidence)
+
+    condition = Condition(questioner, update, "oracle")
     return list(
         evaluate_city(
-            word_search(by_id), len(by_id), places, questioner, make, update, settings, log
+            word_search(by_id), len(by_id), places, condition, make, evidence, settings, log
         )
     )
 
@@ -190,20 +195,20 @@ def test_records_are_logged_resumable_and_reproducible(
 ) -> None:
     settings = EvalSettings(n=8, max_rounds=3, confidence=None, seed=3)
     log = DialogueLog(tmp_path / "a" / "dialogues.jsonl")
-    first = _run(places, by_id, log, "random", "facts", settings)
+    first = _run(places, by_id, log, "random", "evidence", settings)
     assert len(first) == 8 and len(log.read()) == 8
     for r in first:
         assert len(r.ranks) == len(r.answers) + 1 == len(r.round_ms) + 1
         assert len(r.question_ms) == len(r.questions) == 3
         assert r.target == r.dialogue_id.rsplit(":", 1)[0]
     # A rerun adds nothing.
-    assert _run(places, by_id, log, "random", "facts", settings) == []
+    assert _run(places, by_id, log, "random", "evidence", settings) == []
     # An interrupted run (half the log, plus a torn last line) resumes to the same records.
     log2 = DialogueLog(tmp_path / "b" / "dialogues.jsonl")
     log2.path.parent.mkdir()
     lines = log.path.read_text().splitlines()
     log2.path.write_text("\n".join(lines[:4]) + "\n" + lines[4][:25])
-    resumed = _run(places, by_id, log2, "random", "facts", settings)
+    resumed = _run(places, by_id, log2, "random", "evidence", settings)
     assert len(resumed) == 4
     strip = [{k: v for k, v in json.loads(x).items() if not k.endswith("_ms")} for x in lines]
     again = [
@@ -220,14 +225,14 @@ def test_table_matches_the_logged_ranks(
     settings = EvalSettings(n=12, max_rounds=4, confidence=None, seed=0)
     log = DialogueLog(tmp_path / "dialogues.jsonl")
     for qn in ("info-gain", "random"):
-        for upd in ("text", "facts"):
+        for upd in ("text", "evidence"):
             _run(places, by_id, log, qn, upd, settings)
     records = log.read()
     rows = summarise_records(records, 4)
     assert [(r.questioner, r.update) for r in rows] == [
-        ("info-gain", "facts"),
+        ("info-gain", "evidence"),
         ("info-gain", "text"),
-        ("random", "facts"),
+        ("random", "evidence"),
         ("random", "text"),
     ]
     for row in rows:
@@ -249,8 +254,8 @@ class _CountingInfoGain(InfoGainQuestioner):
     """Info-gain with a batched entry point that counts its calls (stateless, so batching
     must not change a single question)."""
 
-    def __init__(self, by_id: dict[str, PlaceAnnotation]) -> None:
-        super().__init__(by_id)
+    def __init__(self, evidence: EvidenceSource) -> None:
+        super().__init__(evidence)
         self.batches: list[int] = []
 
     def ask_many(self, states):
@@ -266,9 +271,10 @@ def test_lockstep_batches_questions_without_changing_results(
 
     results = {}
     made: list[_CountingInfoGain] = []
+    evidence = oracle_source(places)
 
-    def make(seed: int) -> _CountingInfoGain:
-        made.append(_CountingInfoGain(by_id))
+    def make(seed: int, _targets: object) -> _CountingInfoGain:
+        made.append(_CountingInfoGain(evidence))
         return made[-1]
 
     for batch in (1, 4):
@@ -277,7 +283,14 @@ def test_lockstep_batches_questions_without_changing_results(
         log = DialogueLog(tmp_path / f"b{batch}.jsonl")
         results[batch] = list(
             evaluate_city(
-                word_search(by_id), len(by_id), places, "info-gain", make, "facts", settings, log
+                word_search(by_id),
+                len(by_id),
+                places,
+                Condition("info-gain", "evidence", "oracle"),
+                make,
+                evidence,
+                settings,
+                log,
             )
         )
         if batch == 4:
@@ -303,7 +316,7 @@ def test_dlgpr_eval_command_end_to_end(tmp_path: Path) -> None:
     args = [
         dlgpr, "eval", "--data", str(root), "--cities", "Evalcity", "--n", "4",
         "--rounds", "2", "--questioner", "info-gain", "--questioner", "random",
-        "--out", str(tmp_path / "out"),
+        "--update", "text,evidence", "--evidence", "oracle", "--out", str(tmp_path / "out"),
     ]  # fmt: skip
     first = subprocess.run(args, capture_output=True, text=True, timeout=900, check=False)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -313,17 +326,17 @@ def test_dlgpr_eval_command_end_to_end(tmp_path: Path) -> None:
     table = json.loads((out / "table.json").read_text())
     assert {(r["questioner"], r["update"]) for r in table["rows"]} == {
         ("info-gain", "text"),
-        ("info-gain", "facts"),
+        ("info-gain", "evidence"),
         ("random", "text"),
-        ("random", "facts"),
+        ("random", "evidence"),
     }
     assert (out / "recall.png").stat().st_size > 5000
-    assert "| Evalcity | info-gain |" in (out / "table.md").read_text()
+    assert "| Evalcity | info-gain | evidence | oracle (oracle) |" in (out / "table.md").read_text()
     again = subprocess.run(args, capture_output=True, text=True, timeout=900, check=False)
     assert again.returncode == 0, again.stderr[-3000:]
     assert (out / "dialogues.jsonl").read_text().splitlines() == lines
     bad = subprocess.run(
-        [*args[:-2], "--update", "magic", "--out", str(tmp_path / "x")],
+        [*args[:-6], "--update", "magic", "--out", str(tmp_path / "x")],
         capture_output=True,
         text=True,
         timeout=300,
@@ -367,7 +380,7 @@ def test_dlgpr_eval_runs_model_backed_questioners(tmp_path: Path) -> None:
     proc = subprocess.run(
         [
             dlgpr, "eval", "--data", str(root), "--cities", "Evalcity", "--n", "2",
-            "--rounds", "2", "--update", "facts", "--out", str(out),
+            "--rounds", "2", "--evidence", "oracle", "--out", str(out),
             "--questioner", "vlm-zero-shot,dq-pilot,plugir", "--model", str(vl),
             "--adapter", str(tmp_path / "adapter"), "--llm", str(causal),
         ],
@@ -387,15 +400,16 @@ def test_dlgpr_eval_runs_model_backed_questioners(tmp_path: Path) -> None:
 def test_info_gain_never_asks_what_an_answer_settled(
     places: list[PlaceAnnotation], by_id: dict[str, PlaceAnnotation]
 ) -> None:
-    from dlgpr_core.dialogue.consistency import probe_of, settled
+    from dlgpr_core.dialogue.answers import settled
     from dlgpr_core.dialogue.engine import DialogueEngine
     from dlgpr_core.dialogue.state import DialogueConfig
 
+    evidence = oracle_source(places)
     engine = DialogueEngine(
         word_search(by_id),
-        InfoGainQuestioner(by_id),
+        InfoGainQuestioner(evidence),
         DialogueConfig(max_rounds=6, confidence=None, search_k=len(by_id)),
-        reranker=FactConsistencyReranker(by_id),
+        reranker=EvidenceUpdate(evidence),
     )
     checked = 0
     for place in places[:15]:

@@ -28,6 +28,8 @@ from dlgpr_core.dialogue.dq_pilot import (
 from dlgpr_core.dialogue.engine import DialogueEngine
 from dlgpr_core.dialogue.questions import free_question, presence_question
 from dlgpr_core.dialogue.state import DialogueConfig, DialogueState
+from dlgpr_core.evaluation.oracle import oracle_place_evidence, oracle_source
+from dlgpr_core.evidence.knowledge import EvidenceSource
 from dlgpr_core.mapdb.report import PlaceHit
 from dlgpr_core.synth.city import generate_city
 from dlgpr_core.users.fact import FactUser
@@ -105,6 +107,11 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Plac
     return root, places_by_id(places)
 
 
+def _oracle(by_id: dict[str, PlaceAnnotation]) -> EvidenceSource:
+    """Exact evidence, so the prompt's region phrases are predictable."""
+    return oracle_source(list(by_id.values()))
+
+
 def make_search(root: Path, by_id: dict[str, PlaceAnnotation]):
     """Plumbing fixture, not a retriever: a fixed ranking that depends on the query's length,
     so it changes between rounds; hits point at the places' rendered images (relative to
@@ -170,7 +177,9 @@ def test_good_output_becomes_free_question_with_reasoning(city) -> None:
     root, by_id = city
     backend = ScriptedBackend([GOOD])
     q = DQPilotQuestioner(
-        DQPilotConfig(top_k_images=2, image_max_side=40), backend=backend, places_by_id=by_id
+        DQPilotConfig(top_k_images=2, image_max_side=40),
+        backend=backend,
+        evidence=_oracle(by_id),
     )
     question = q.ask(_state(make_search(root, by_id)))
     assert question is not None
@@ -196,12 +205,12 @@ def test_good_output_becomes_free_question_with_reasoning(city) -> None:
 def test_region_phrases_enter_the_prompt(city) -> None:
     root, by_id = city
     backend = ScriptedBackend([GOOD])
-    q = DQPilotQuestioner(DQPilotConfig(top_k_images=1), backend=backend, places_by_id=by_id)
+    q = DQPilotQuestioner(DQPilotConfig(top_k_images=1), backend=backend, evidence=_oracle(by_id))
     state = _state(make_search(root, by_id))
     q.ask(state)
-    top = by_id[state.candidates[0].place_id]
-    phrases = [r.phrase for v in top.views for r in v.regions]
-    assert phrases, "generated places have region annotations"
+    top = state.candidates[0]
+    phrases = oracle_place_evidence(by_id[top.place_id]).top_phrases(6, top.image_path)
+    assert phrases, "the oracle sees what each view shows"
     user_text = " ".join(c.get("text", "") for c in backend.calls[0]["batch"][0][1]["content"])
     assert "Visible regions:" in user_text and phrases[0] in user_text
     # Asking again reuses the cached image.
@@ -218,7 +227,7 @@ def test_repeated_question_retries_then_falls_back(city, caplog) -> None:
 
     state = replace(state0, questions=(asked,), answers=("There is a bank.",), round=1)
     backend = ScriptedBackend([GOOD])  # always repeats the asked question
-    q = DQPilotQuestioner(DQPilotConfig(), backend=backend, places_by_id=by_id)
+    q = DQPilotQuestioner(DQPilotConfig(), backend=backend, evidence=_oracle(by_id))
     question = q.ask(state)
     assert question is not None and question.fallback
     assert question.key != asked.key
@@ -264,13 +273,13 @@ def test_ask_many_uses_one_batched_call_per_attempt(city) -> None:
     search = make_search(root, by_id)
     states = [_state(search, "A street."), _state(search, "A long street with shops.")]
     backend = ScriptedBackend([GOOD])
-    q = DQPilotQuestioner(DQPilotConfig(top_k_images=2), backend=backend, places_by_id=by_id)
+    q = DQPilotQuestioner(DQPilotConfig(top_k_images=2), backend=backend, evidence=_oracle(by_id))
     out = q.ask_many(states)
     assert len(out) == 2 and all(x is not None and x.text == "Is there a bank?" for x in out)
     assert len(backend.calls) == 1 and len(backend.calls[0]["batch"]) == 2
     # A failure in one state retries only that state, still batched (one call).
     backend2 = ScriptedBackend([GOOD, "broken", GOOD])
-    q2 = DQPilotQuestioner(DQPilotConfig(), backend=backend2, places_by_id=by_id)
+    q2 = DQPilotQuestioner(DQPilotConfig(), backend=backend2, evidence=_oracle(by_id))
     out2 = q2.ask_many(states)
     assert len(backend2.calls) == 2 and len(backend2.calls[1]["batch"]) == 1
     assert out2[0] is not None and out2[1] is not None
@@ -297,7 +306,7 @@ def test_tiny_vlm_dialogue_end_to_end(city, tiny_vlm: Path) -> None:
     cfg = DQPilotConfig(
         model=str(tiny_vlm), device="cpu", max_new_tokens=12, top_k_images=3, image_max_side=64
     )
-    q = DQPilotQuestioner(cfg, places_by_id=by_id)
+    q = DQPilotQuestioner(cfg, evidence=_oracle(by_id))
     assert q.name == "vlm-zero-shot"
     target = sorted(by_id)[1]
     engine = DialogueEngine(
@@ -407,7 +416,7 @@ def test_lora_adapter_loads_as_dq_pilot(city, tiny_vlm: Path, tmp_path: Path) ->
         image_max_side=64,
         retries=0,
     )
-    q = DQPilotQuestioner(cfg, places_by_id=by_id)
+    q = DQPilotQuestioner(cfg, evidence=_oracle(by_id))
     assert q.name == "dq-pilot"
     from peft import PeftModel
 

@@ -41,6 +41,7 @@ from dlgpr_core.dq_training.examples import (
 from dlgpr_core.dq_training.hf_dataset import to_hf_dataset
 from dlgpr_core.dq_training.lexical_search import LexicalSearch
 from dlgpr_core.dq_training.rewards import RetrievalGainReward, format_ok, format_reward
+from dlgpr_core.evaluation.oracle import oracle_source
 from dlgpr_core.mapdb.report import PlaceHit
 from dlgpr_core.synth.city import generate_city
 from dlgpr_core.users.fact import FactUser
@@ -117,10 +118,9 @@ def test_training_prompt_equals_inference_prompt(
     places = sorted(by_id.values(), key=lambda p: p.place_id)
     search = LexicalSearch(places, root)
     # The questioner exactly as it runs at inference (backend never called by `prompt`).
-    questioner = DQPilotQuestioner(
-        DATA_CFG.prompt_config(), backend=_NoBackend(), places_by_id=by_id
-    )
-    engine = DialogueEngine(search, InfoGainQuestioner(by_id, top_k=5), DATA_CFG.dialogue)
+    oracle = oracle_source(places)  # what build_examples shows without a map's evidence
+    questioner = DQPilotQuestioner(DATA_CFG.prompt_config(), backend=_NoBackend(), evidence=oracle)
+    engine = DialogueEngine(search, InfoGainQuestioner(oracle, top_k=5), DATA_CFG.dialogue)
     stored = {ex.example_id: ex for ex in read_examples(_written(tmp_path, examples))}
     checked = 0
     for place in places[:3]:
@@ -272,7 +272,7 @@ def test_sft_then_grpo_produce_a_loadable_adapter(
     pcfg = cfg.data_config().prompt_config(model=str(tmp_path / "model"), adapter=produced["grpo"])
     q = DQPilotQuestioner(
         DQPilotConfig(**{**pcfg.__dict__, "device": "cpu", "max_new_tokens": 8}),
-        places_by_id=by_id,
+        evidence=oracle_source(list(by_id.values())),
     )
     assert q.name == "dq-pilot"
     places = sorted(by_id.values(), key=lambda p: p.place_id)

@@ -44,19 +44,19 @@ def test_launch_file_loads_without_launch() -> None:
     module = _launch_module()
     assert {m for m in ("launch", "launch_ros") if m in sys.modules} == had
     assert callable(module.generate_launch_description)
-    assert set(module.ARGUMENTS) == {"config", "map", "questioner", "input"}
+    assert set(module.ARGUMENTS) == {"config", "map", "questioner", "input", "evidence"}
 
 
 @pytest.mark.parametrize("input_mode", ["typed", "speech"])
 def test_bringup_starts_what_launch_starts(city: Any, input_mode: str) -> None:
     map_path = str(city[0])
     module = _launch_module()
-    plan = module.node_plan("", map_path, "random", input_mode)
+    plan = module.node_plan("", map_path, "random", input_mode, "oracle")
     names = [p.name for p in plan]
     assert "retrieval" in names and "dialogue_manager" in names and "questioner" in names
     assert ("typed_input" in names) == (input_mode == "typed")
     assert ("speech" in names) == (input_mode == "speech")
-    overrides = module.overrides_from_arguments(map_path, "random")
+    overrides = module.overrides_from_arguments(map_path, "random", "oracle")
     with bringup(None, overrides, input_mode, spin=False) as graph:
         started = set(graph.nodes) | set(graph.skipped)
         assert started == set(names)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from dlgpr_core.dialogue.knowledge import DONT_KNOW
+from dlgpr_core.dialogue.answers import DONT_KNOW
 from dlgpr_core.dialogue.questions import attribute_question, presence_question
 from dlgpr_core.users.llm import LLMUser, clean_reply, ungrounded_terms
 

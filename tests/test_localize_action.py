@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from action_msgs.msg import GoalStatus
 from rclpy.action import ActionClient
-from test_ros_graph import Probe, build_map, core_dialogues, wait_connected
+from test_ros_graph import Probe, build_map, core_dialogues, graph_overrides, wait_connected
 
 from dlgpr_core.data.annotations import PlaceAnnotation
 from dlgpr_core.users.fact import FactUser
@@ -34,7 +34,7 @@ def city(tmp_path_factory: pytest.TempPathFactory, single_thread: None) -> Any:
 
 @pytest.fixture(scope="module")
 def graph(city: Any) -> Iterator[Graph]:
-    overrides = {"map_path": str(city[0]), "request_timeout": 1.0, "max_resends": 8}
+    overrides = graph_overrides(city[0], request_timeout=1.0, max_resends=8)
     with bringup(None, overrides, "typed", print_dialogue=False) as g:
         yield g
 

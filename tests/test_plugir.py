@@ -22,8 +22,10 @@ from dlgpr_core.dialogue.engine import DialogueEngine
 from dlgpr_core.dialogue.plugir import PlugIRQuestioner, PlugIRSearch, kl_divergence, parse_question
 from dlgpr_core.dialogue.questions import free_question
 from dlgpr_core.dialogue.state import DialogueConfig, DialogueState
+from dlgpr_core.evidence.knowledge import EvidenceSource
 from dlgpr_core.llm.chat import TransformersChat
 from dlgpr_core.llm.tiny import build_tiny_causal_lm
+from dlgpr_core.mapdb.evidence import EvidenceItem, ImageEvidence
 from dlgpr_core.mapdb.report import PlaceHit
 from dlgpr_core.users.llm import LLMUser
 
@@ -41,6 +43,18 @@ def _place(i: int) -> PlaceAnnotation:
 
 
 PLACES = {f"T:{i}": _place(i) for i in range(N)}
+
+
+def _evidence(i: int) -> list[ImageEvidence]:
+    """What an annotator might have seen at place i (PlugIR's view of the candidates)."""
+    kind = "a red brick bank" if i % 2 == 0 else "a green glass cafe"
+    items = [EvidenceItem(kind, 0.9), EvidenceItem(f"building number {i}", 0.5)]
+    return [ImageEvidence(i, f"img{i}.jpg", items)]
+
+
+EVIDENCE = EvidenceSource(
+    lambda ids: {pid: _evidence(int(pid[2:])) for pid in ids if pid in PLACES}
+)
 SHIFT = {"red": 3.0, "blue": 1.0, "green": 0.05}
 """How far a keyword in the query moves the scores (the KL of a predicted answer)."""
 
@@ -126,7 +140,7 @@ def _state(search: Search, questions: tuple[str, ...] = (), answers: tuple[str, 
 
 def _questioner(chat: PlugIRChat, search: Search, **kw: Any) -> PlugIRQuestioner:
     kw = {"n_questions": 5, "n_clusters": 2, "pool_size": N, **kw}
-    return PlugIRQuestioner(chat, search, PLACES, **kw)
+    return PlugIRQuestioner(chat, search, EVIDENCE, **kw)
 
 
 def test_filter_drops_answerable_and_kl_picks_smallest_shift() -> None:
@@ -217,7 +231,7 @@ def test_summary_keeps_best_ranked_caption_per_cluster() -> None:
     for h in hits:
         best.setdefault(PLACES[h.place_id].description.split(".")[0], h.place_id)
     assert summary == [
-        PLACES[pid].caption
+        "; ".join(p.phrase for p in _evidence(int(pid[2:]))[0].items)
         for pid in sorted(best.values(), key=lambda p: [h.place_id for h in hits].index(p))
     ]
     # An embedding callable replaces TF-IDF; one cluster per candidate when k >= n.
@@ -283,7 +297,7 @@ def tiny_chat(tmp_path_factory: pytest.TempPathFactory, single_thread: None) -> 
 def test_end_to_end_with_tiny_model(tiny_chat: TransformersChat) -> None:
     search = Search()
     q = PlugIRQuestioner(
-        tiny_chat, search, PLACES, n_questions=2, n_clusters=3, pool_size=N, max_new_tokens=8
+        tiny_chat, search, EVIDENCE, n_questions=2, n_clusters=3, pool_size=N, max_new_tokens=8
     )
     user = LLMUser(PLACES["T:3"], tiny_chat, max_new_tokens=8)
     engine = DialogueEngine(search, q, DialogueConfig(max_rounds=3, confidence=None, search_k=N))

@@ -23,6 +23,7 @@ from dlgpr_core.synth.rephrase import (
     write_eval_queries,
 )
 from dlgpr_core.synth.rephrase import lexicon as lx
+from dlgpr_core.synth.terms import find_terms
 
 STYLES = ("spoken", "written", "partial")
 
@@ -113,7 +114,7 @@ def test_full_rephrasings_name_every_sign_and_category(places: list[PlaceAnnotat
         for style in ("spoken", "written"):
             text = _rephrase(p, style)
             quoted = re.findall(r'"([^"]*)"', text)
-            found = lx.find_terms(_unquoted(text), lx.category_lexicon())
+            found = find_terms(_unquoted(text), lx.category_lexicon())
             for e in p.elements:
                 if e.kind == "street":
                     continue
@@ -138,9 +139,9 @@ def test_every_statement_is_true_of_the_place(places: list[PlaceAnnotation]) -> 
         }
         for style in STYLES:
             text = _unquoted(_rephrase(p, style))
-            cats = lx.find_terms(text, lx.category_lexicon())
+            cats = find_terms(text, lx.category_lexicon())
             assert cats <= own, (style, cats - own, text)  # no element of another place
-            used = lx.find_terms(text, lx.COLOUR_SYNONYMS)
+            used = find_terms(text, lx.COLOUR_SYNONYMS)
             assert used <= colours, (style, used - colours, text)
             said = {number_words[t] for t in _tokens(text) if t in number_words}
             assert said <= numbers, (style, said - numbers, text)

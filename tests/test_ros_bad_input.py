@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from test_ros_graph import Probe, build_map, run_dialogue, wait_connected
+from test_ros_graph import Probe, build_map, graph_overrides, run_dialogue, wait_connected
 
 from dlgpr_ros.bringup import Graph, bringup
 from dlgpr_ros.msg import DialogueState
@@ -27,7 +27,7 @@ def city(tmp_path_factory: pytest.TempPathFactory, single_thread: None) -> Any:
 
 @pytest.fixture(scope="module")
 def graph(city: Any) -> Iterator[Graph]:
-    overrides = {"map_path": str(city[0]), "request_timeout": 1.0, "max_resends": 3}
+    overrides = graph_overrides(city[0], request_timeout=1.0, max_resends=3)
     with bringup(None, overrides, "typed", simulate=True) as g:
         yield g
 

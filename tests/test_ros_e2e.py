@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 from rclpy.node import Node
-from test_ros_graph import Probe, build_map, run_dialogue, wait_connected
+from test_ros_graph import Probe, build_map, graph_overrides, run_dialogue, wait_connected
 
 from dlgpr_core.users.fact import FactUser
 from dlgpr_ros.bag import DEFAULT_IGNORE, BagMessage, compare, read_bag, replay
@@ -43,7 +43,7 @@ def city(tmp_path_factory: pytest.TempPathFactory, single_thread: None) -> Any:
 
 
 def _overrides(map_path: Path, **more: Any) -> dict[str, Any]:
-    return {"map_path": str(map_path), "dialogue_manager.id_prefix": ID_PREFIX, **more}
+    return graph_overrides(map_path, **{"dialogue_manager.id_prefix": ID_PREFIX, **more})
 
 
 def _words(text: str) -> set[str]:
@@ -53,50 +53,55 @@ def _words(text: str) -> set[str]:
 # --------------------------------------------------------------------- facts update
 
 
-def test_facts_update_equals_core_engine(city: Any) -> None:
-    """With update=facts the distributed dialogue is the core engine's with the
-    FactConsistencyReranker: same questions, same final top-1."""
-    from dlgpr_core.dialogue.consistency import FactConsistencyReranker
+def test_text_update_equals_core_engine(city: Any) -> None:
+    """With update=text (the paper's) the distributed dialogue is the core engine's without
+    an answer update (test_ros_graph checks the default, the evidence update): same
+    questions, same final top-1, on a place where the two modes ask differently."""
     from dlgpr_core.dialogue.engine import DialogueEngine
+    from dlgpr_core.dialogue.evidence_update import EvidenceUpdate
     from dlgpr_core.dialogue.registry import make_questioner
+    from dlgpr_core.dialogue.state import DialogueConfig
+    from dlgpr_core.evidence.knowledge import EvidenceSource
     from dlgpr_core.mapdb.access import load_encoder
     from dlgpr_core.mapdb.database import MapDatabase
 
     map_path, places, _ = city
     enc = load_encoder("dlgpr-lite", None)
     with MapDatabase.open(map_path) as db:
+        evidence = EvidenceSource.of_map(db.evidence, "oracle")
 
         def engine(reranker: Any) -> DialogueEngine:
             return DialogueEngine(
                 lambda text, k: db.search(text, enc, k=k),
-                make_questioner("info-gain", places_by_id=places, top_k=10),
+                make_questioner("info-gain", evidence=evidence, top_k=10),
+                DialogueConfig(search_k=200),
                 reranker=reranker,
             )
 
-        facts = engine(FactConsistencyReranker(places, temperature=0.05))
         text = engine(None)
-        runs = {pid: facts.run(p.caption, FactUser(p), pid) for pid, p in places.items()}
+        runs = {pid: text.run(p.caption, FactUser(p), pid) for pid, p in places.items()}
+        update = engine(EvidenceUpdate(evidence))
 
-        # a place where the update changes the dialogue shows that the node really applies it
         def asked_by(run: Any) -> list[str]:
             return [q.text for q in run.final.questions]
 
         changed = [
             pid
             for pid, p in sorted(places.items())
-            if asked_by(runs[pid]) != asked_by(text.run(p.caption, FactUser(p)))
+            if asked_by(runs[pid]) != asked_by(update.run(p.caption, FactUser(p)))
         ]
     asked = [pid for pid in sorted(runs) if runs[pid].final.questions]
     target = (changed or asked)[0]
     expected = runs[target].final
-    ov = _overrides(map_path, **{"dialogue_manager.update": "facts"})
+    ov = _overrides(map_path, **{"dialogue_manager.update": "text"})
     with bringup(None, ov, "typed", simulate=True, print_dialogue=False) as graph:
-        assert graph.node("dialogue_manager").reranker is not None
+        assert graph.node("dialogue_manager").reranker is None
         probe = Probe(graph)
         wait_connected(graph, probe)
         did = run_dialogue(graph, probe, target)
         final = probe.states[did][-1]
-    print(f"facts: {target} changed={bool(changed)} questions={list(final.questions)}")
+    print(f"text: {target} changed={bool(changed)} questions={list(final.questions)}")
+    assert changed, "the two update modes should differ somewhere on this map"
     assert final.status != FAILED, final.detail
     assert list(final.questions) == [q.text for q in expected.questions]
     assert final.best_place_id == expected.candidates[0].place_id

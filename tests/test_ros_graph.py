@@ -18,6 +18,8 @@ from rclpy.node import Node
 
 from dlgpr_core.data.annotations import PlaceAnnotation, read_annotations
 from dlgpr_core.data.records import namespaced_place_id
+from dlgpr_core.dialogue.state import DialogueConfig
+from dlgpr_core.evaluation.oracle import write_oracle_evidence
 from dlgpr_core.users.fact import FactUser
 from dlgpr_ros.bringup import Graph, bringup
 from dlgpr_ros.msg import DialogueState, Localization, Question, Utterance
@@ -27,10 +29,18 @@ pytestmark = pytest.mark.ros
 CITY = "Testville"
 
 
+def graph_overrides(map_path: Path, **more: Any) -> dict[str, Any]:
+    """The test graphs read the maps' oracle evidence (exact, deterministic: these tests
+    check the graph's plumbing, not an annotator; test_bringup_images_only runs the learned
+    one)."""
+    return {"map_path": str(map_path), "evidence": "oracle", **more}
+
+
 def build_map(
     root: Path,
 ) -> tuple[Path, dict[str, PlaceAnnotation], dict[str, tuple[float, float]]]:
-    """A 30-place city and its dlgpr-lite map; places by id and their map positions."""
+    """A 30-place city and its dlgpr-lite map with oracle evidence; places by id and their
+    map positions."""
     from dlgpr_core.data import scan_dataset
     from dlgpr_core.mapdb.access import load_encoder
     from dlgpr_core.mapdb.database import MapDatabase
@@ -41,6 +51,7 @@ def build_map(
     with MapDatabase.create(root / "map", enc.fingerprint, enc.dim) as db:
         db.set_encoder_spec("dlgpr-lite", None)
         db.build(scan_dataset(root, fmt="gsv"), enc, progress=False, source_kind="gsv")
+        write_oracle_evidence(db, read_annotations(root / "Annotations" / f"{CITY}.jsonl"))
         hits = db.search("street", enc, k=30)
     places = {
         namespaced_place_id(p.city, p.place_id): p
@@ -52,15 +63,20 @@ def build_map(
 def core_dialogues(map_path: Path, places: dict[str, PlaceAnnotation]) -> dict[str, Any]:
     """What the in-process engine does for each place's caption: the graph must agree."""
     from dlgpr_core.dialogue.engine import DialogueEngine
+    from dlgpr_core.dialogue.evidence_update import EvidenceUpdate
     from dlgpr_core.dialogue.registry import make_questioner
+    from dlgpr_core.evidence.knowledge import EvidenceSource
     from dlgpr_core.mapdb.access import load_encoder
     from dlgpr_core.mapdb.database import MapDatabase
 
     enc = load_encoder("dlgpr-lite", None)
     with MapDatabase.open(map_path) as db:
+        evidence = EvidenceSource.of_map(db.evidence, "oracle")
         engine = DialogueEngine(
             lambda text, k: db.search(text, enc, k=k),
-            make_questioner("info-gain", places_by_id=places, top_k=10),
+            make_questioner("info-gain", evidence=evidence, top_k=10),
+            DialogueConfig(search_k=200),
+            reranker=EvidenceUpdate(evidence),
         )
         return {pid: engine.run(p.caption, FactUser(p), pid) for pid, p in places.items()}
 
@@ -131,7 +147,7 @@ def city(tmp_path_factory: pytest.TempPathFactory, single_thread: None) -> Any:
 @pytest.fixture(scope="module")
 def graph(city: Any) -> Iterator[Graph]:
     map_path, _, _ = city
-    overrides = {"map_path": str(map_path), "request_timeout": 1.0, "max_resends": 8}
+    overrides = graph_overrides(map_path, request_timeout=1.0, max_resends=8)
     with bringup(None, overrides, "typed", simulate=True) as g:
         yield g
 

@@ -17,16 +17,33 @@ def dialogue_eval(
         list[str],
         typer.Option(
             help="Questioners to compare, repeatable: info-gain, random, dq-pilot, "
-            "vlm-zero-shot, plugir."
+            "vlm-zero-shot, plugir, oracle (knows the target: a ceiling, labelled oracle)."
         ),
     ] = ["info-gain", "random"],  # noqa: B006 - typer reads the default, never mutates it
     update: Annotated[
         str,
         typer.Option(
-            help="How answers re-rank: 'text' (appended to the query, the paper), 'facts' "
-            "(also down-weights places whose annotated facts contradict them), or both."
+            help="How answers re-rank: 'text' (appended to the query, the paper), 'evidence' "
+            "(also re-scores places by each answer's likelihood under their image evidence), "
+            "or both."
         ),
-    ] = "text,facts",
+    ] = "evidence",
+    evidence: Annotated[
+        str,
+        typer.Option(
+            help="Whose evidence the robot uses, each a row: an annotator spec ('learned', "
+            "'zero-shot', 'teacher:...') and/or 'oracle' (ground truth, labelled oracle). "
+            "Maps are annotated on first use."
+        ),
+    ] = "learned",
+    user: Annotated[
+        str,
+        typer.Option(
+            help="Who answers, each a row: 'facts' (exact sentences), 'rephrased' (a person's "
+            "words), 'rephrased+asr' (misheard too), or 'llm:<path, hub id or "
+            "openai:<model>@<url>>' (an LLM over the target's description, the paper's)."
+        ),
+    ] = "facts",
     n: Annotated[int, typer.Option(min=1, help="Dialogues per city and questioner.")] = 100,
     rounds: Annotated[int, typer.Option(min=0, help="Maximum questions per dialogue.")] = 5,
     confidence: Annotated[
@@ -55,27 +72,20 @@ def dialogue_eval(
         str | None,
         typer.Option(help="Chat model for plugir: a path, a hub id or 'openai:<model>@<url>'."),
     ] = None,
-    user_llm: Annotated[
-        str | None,
-        typer.Option(
-            help="Answer with an LLM over the target's description (the paper used GPT-4o) "
-            "instead of the fact-based user: a path, a hub id or 'openai:<model>@<url>'."
-        ),
-    ] = None,
 ) -> None:
     """Table 1: simulated dialogues per questioner on held-out cities (resumable, seeded).
 
-    Starts every dialogue from the place's vague caption; a fact-based simulated user
-    answers. Rerunning with the same --out continues where an interrupted run stopped.
+    Starts every dialogue from the place's vague caption; a simulated user answers.
+    Rerunning with the same --out continues where an interrupted run stopped.
     """
     from tqdm import tqdm
 
     from dlgpr_core.evaluation.runner import EvalSettings, Table1Run, Update, run_table1
 
-    known: dict[str, Update] = {"text": "text", "facts": "facts"}
+    known: dict[str, Update] = {"text": "text", "evidence": "evidence"}
     unknown = [u for u in split([update]) if u not in known]
     if unknown:
-        raise ValueError(f"--update takes 'text' and/or 'facts', not {unknown}")
+        raise ValueError(f"--update takes 'text' and/or 'evidence', not {unknown}")
     given = {"model": model, "adapter": str(adapter) if adapter else None, "llm": llm}
     run = Table1Run(
         data=data,
@@ -89,9 +99,10 @@ def dialogue_eval(
         maps=maps,
         encoder=encoder,
         model_options={k: v for k, v in given.items() if v is not None},
-        user_llm=user_llm,
+        evidence=split([evidence]),
+        users=split([user]),
     )
-    total = len(run.cities) * len(run.questioners) * len(run.updates) * n
+    total = len(run.cities) * len(run.conditions()) * n
     with tqdm(total=total, desc="dialogues", unit="dlg") as bar:
 
         def tick() -> None:

@@ -20,6 +20,8 @@ from dlgpr_core.cli.common import (
 )
 
 if TYPE_CHECKING:
+    from dlgpr_core.encoders.base import Encoder
+    from dlgpr_core.mapdb.database import MapDatabase
     from dlgpr_core.mapdb.report import PlaceHit
 
 app = typer.Typer(help="Build, inspect and query street-view map databases.", no_args_is_help=True)
@@ -38,6 +40,14 @@ def map_build(
     index: Annotated[
         str, typer.Option(help="Also build an approximate index: none, ivf or hnsw.")
     ] = "none",
+    evidence: Annotated[
+        str,
+        typer.Option(
+            help="Then derive evidence from the new images with this annotator (what the "
+            "robot's questions and answer updates know of the map): learned (default), "
+            "zero-shot, teacher:..., ocr, or none."
+        ),
+    ] = "learned",
 ) -> None:
     """Build or extend a map; resumes an interrupted build and adds only new images."""
     from dlgpr_core.data import detect_format, scan_dataset
@@ -53,12 +63,43 @@ def map_build(
     console.print(report.render())
     if index != "none":
         console.print(db.build_approximate(index).render())  # type: ignore[arg-type]
+    if evidence != "none":
+        _annotate(db, enc, evidence, batch_size=16, redo=False)
+    console.print(db.info().render())
+
+
+def _annotate(db: MapDatabase, enc: Encoder, spec: str, batch_size: int, redo: bool) -> None:
+    from dlgpr_core.evidence.registry import make_annotator
+
+    with console.status(f"loading annotator {spec} ..."):
+        annotator = make_annotator(spec, encoder=enc)
+    console.print(db.annotate(annotator, batch_size=batch_size, redo=redo).render())
+
+
+@app.command("evidence")
+def map_evidence(
+    map_dir: MapOption,
+    annotator: Annotated[
+        str,
+        typer.Option(
+            help="learned (the shipped model), learned:<run dir>, zero-shot[:<vocab.yaml>], "
+            "teacher:<hf id or path>, teacher:openai:<model>@<url> (key: $OPENAI_API_KEY), ocr."
+        ),
+    ] = "learned",
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    redo: Annotated[bool, typer.Option(help="Forget this annotator's evidence first.")] = False,
+    encoder: EncoderOption = None,
+) -> None:
+    """Derive evidence from every image the annotator has not done yet (resumable,
+    incremental; a new annotator version redoes all): what the robot knows of its map."""
+    db, enc = map_and_encoder(map_dir, encoder, None)
+    _annotate(db, enc, annotator, batch_size, redo)
     console.print(db.info().render())
 
 
 @app.command("info")
 def map_info(map_dir: MapOption) -> None:
-    """What a map holds: places, images, skipped inputs, encoder, index sizes."""
+    """What a map holds: places, images, skipped inputs, encoder, index sizes, evidence."""
     console.print(open_map(map_dir).info().render())
 
 

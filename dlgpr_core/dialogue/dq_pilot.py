@@ -18,16 +18,16 @@ import dataclasses
 import logging
 import re
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from dlgpr_core.data.annotations import PlaceAnnotation
 from dlgpr_core.dialogue.questioner import Questioner
 from dlgpr_core.dialogue.questioners import InfoGainQuestioner
 from dlgpr_core.dialogue.questions import Question, free_question
 from dlgpr_core.dialogue.state import DialogueState
+from dlgpr_core.evidence.knowledge import EvidenceSource, PlaceEvidence
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -257,17 +257,12 @@ class ImageCache:
         return img
 
 
-def _region_phrases(place: PlaceAnnotation | None, image_path: str, limit: int) -> list[str]:
-    """Phrases of the view that was retrieved, else of all views: the grounded cues the
-    teacher model saw when the training dialogues were generated."""
+def _region_phrases(place: PlaceEvidence | None, image_path: str, limit: int) -> list[str]:
+    """The evidence phrases of the view that was retrieved (else of all the place's views),
+    most confident first: what the map's annotators saw, the paper's region evidence."""
     if place is None or limit <= 0:
         return []
-    views = [v for v in place.views if v.image == image_path] or list(place.views)
-    seen: dict[str, None] = {}
-    for v in views:
-        for r in v.regions:
-            seen.setdefault(" ".join(r.phrase.split()), None)
-    return list(seen)[:limit]
+    return place.top_phrases(limit, image_path) or place.top_phrases(limit)
 
 
 def dialogue_history_text(d0: str, questions: Sequence[Question], answers: Sequence[str]) -> str:
@@ -334,7 +329,7 @@ class DQPilotQuestioner:
         config: DQPilotConfig | None = None,
         *,
         backend: ChatBackend | None = None,
-        places_by_id: Mapping[str, PlaceAnnotation] | None = None,
+        evidence: EvidenceSource | None = None,
         fallback: Questioner | None = None,
     ) -> None:
         self.config = config or DQPilotConfig()
@@ -349,9 +344,9 @@ class DQPilotQuestioner:
                 dtype=self.config.dtype,
             )
         self.backend: ChatBackend = backend
-        self.places_by_id = places_by_id
-        if fallback is None and places_by_id is not None:
-            fallback = InfoGainQuestioner(places_by_id)
+        self.evidence = evidence
+        if fallback is None and evidence is not None:
+            fallback = InfoGainQuestioner(evidence)
         self.fallback = fallback
         self.stats = DQPilotStats()
         self.images = ImageCache(self.config.image_max_side, self.config.image_cache_size)
@@ -367,7 +362,7 @@ class DQPilotQuestioner:
             img = self.images.get(hit.resolve(root)) if hit.image_path else None
             if img is not None:
                 images.append(img)
-            place = self.places_by_id.get(hit.place_id) if self.places_by_id else None
+            place = self.evidence.get(hit.place_id) if self.evidence else None
             shown.append((img is not None, _region_phrases(place, hit.image_path, cfg.max_regions)))
         n_answered = len(state.answers)
         messages = build_dq_messages(state.d0, state.questions[:n_answered], state.answers, shown)

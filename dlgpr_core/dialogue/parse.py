@@ -3,8 +3,9 @@
 Deliberately conservative: the simulated user must never state a wrong fact, so any
 question with two categories (relations, comparisons), two colours, a colour or material
 whose target part is unclear, or no recognised cue is left unparsed and answered
-"I don't know." The vocabulary is SynthCities' own plus the rephrasing lexicon's synonyms,
-so questions worded like the evaluation queries are understood too.
+"I don't know." The same parser reads statements ("The bank has a red facade."), which is
+how the robot reads answers. Its vocabulary is a `Lexicon`: the robot's own by default
+(`dlgpr_core.dialogue.lexicon`); a simulated user brings its own.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import re
 from dataclasses import dataclass
 from functools import cache
 
+from dlgpr_core.dialogue.lexicon import ROBOT_LEXICON, Lexicon
 from dlgpr_core.dialogue.questions import (
     BUILDING_CATEGORIES,
     STREET,
@@ -20,16 +22,8 @@ from dlgpr_core.dialogue.questions import (
     attribute_question,
     presence_question,
 )
-from dlgpr_core.synth.rephrase.lexicon import (
-    COLOUR_SYNONYMS,
-    MATERIAL_SYNONYMS,
-    PAVEMENT_SYNONYMS,
-    SPECIES_SYNONYMS,
-    WIDTH_SYNONYMS,
-    category_lexicon,
-    find_terms,
-)
-from dlgpr_core.synth.vocabulary import BUILDINGS, FLOOR_WORDS
+from dlgpr_core.synth.terms import find_terms
+from dlgpr_core.synth.vocabulary import FLOOR_WORDS
 
 _NUMBERS = {
     "one": 1,
@@ -55,23 +49,6 @@ class Parsed:
     negated: bool
 
 
-@cache
-def _categories() -> dict[str, tuple[str, ...]]:
-    return category_lexicon()
-
-
-@cache
-def _materials() -> dict[str, tuple[str, ...]]:
-    m = dict(MATERIAL_SYNONYMS)
-    m["wood"] = (*m["wood"], "wood")
-    return {**m, "metal": ("metal",), "bronze": ("bronze",), "white marble": ("marble",)}
-
-
-@cache
-def _names() -> dict[str, tuple[str, ...]]:
-    return {n: (n,) for b in BUILDINGS.values() for n in b.chains}
-
-
 def _words(text: str, *words: str) -> bool:
     return any(re.search(rf"\b{re.escape(w)}", text) for w in words)
 
@@ -93,38 +70,58 @@ def _floors(text: str) -> str | None:
     return None
 
 
-def parse_question(text: str) -> Parsed | None:
-    """Structured probe of a free-text question, or None when not confidently understood."""
+def parse_question(text: str, lexicon: Lexicon = ROBOT_LEXICON) -> Parsed | None:
+    """Structured probe of a free-text question (or statement), or None when not
+    confidently understood with `lexicon`'s words."""
+    return _parse(text, _LexiconKey(lexicon))
+
+
+class _LexiconKey:
+    """Hashable by identity, so parses are cached per lexicon object."""
+
+    def __init__(self, lexicon: Lexicon) -> None:
+        self.lexicon = lexicon
+
+    def __hash__(self) -> int:
+        return id(self.lexicon)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _LexiconKey) and other.lexicon is self.lexicon
+
+
+@cache
+def _parse(text: str, key: _LexiconKey) -> Parsed | None:
+    lx = key.lexicon
     t = " ".join(text.lower().replace("’", "'").split())
     negated = bool(_NEGATION.search(t))
     is_open = bool(_OPEN.search(t))
-    names = find_terms(text, _names())
-    cats = find_terms(t, _categories())
+    names = find_terms(text, lx.names)
+    cats = find_terms(t, lx.categories)
     if not cats and _words(t, "street", "road", "pavement", "sidewalk", "buildings"):
         cats = {STREET}
     if len(cats) != 1:
         return None
     cat = next(iter(cats))
-    q = _street(t, is_open) if cat == STREET else _element(t, cat, names, is_open)
-    plain = _part(t, cat) is None and not _has_modifier(t)
+    q = _street(t, is_open, lx) if cat == STREET else _element(t, cat, names, is_open, lx)
+    plain = _part(t, cat) is None and not _has_modifier(t, lx)
     if q is None and not is_open and plain and _PRESENCE.search(t):
         q = presence_question(cat)
     return None if q is None else Parsed(q, negated)
 
 
-def _has_modifier(t: str) -> bool:
+def _has_modifier(t: str, lx: Lexicon) -> bool:
     """A presence question with an extra property ("is there a red bench") is not a plain
     presence probe; without a parse of the property we must not answer it."""
     return bool(
-        find_terms(t, COLOUR_SYNONYMS)
-        or find_terms(t, _materials())
+        find_terms(t, lx.colours)
+        or find_terms(t, lx.materials)
         or _words(t, "tall", "small", "low", "round", "octagonal", "big", "large")
     )
 
 
-def _street(t: str, is_open: bool) -> Question | None:
-    pav = find_terms(t, {**PAVEMENT_SYNONYMS, **{k: (k,) for k in PAVEMENT_SYNONYMS}})
-    width = find_terms(t, WIDTH_SYNONYMS)
+def _street(t: str, is_open: bool, lx: Lexicon) -> Question | None:
+    pav = find_terms(t, {k: (*v, k) for k, v in lx.pavements.items()})
+    width = find_terms(t, lx.widths)
     if pav and width:
         return None
     if is_open and width and _words(t, "how"):
@@ -145,13 +142,13 @@ def _street(t: str, is_open: bool) -> Question | None:
     return None
 
 
-def _element(t: str, cat: str, names: set[str], is_open: bool) -> Question | None:
+def _element(t: str, cat: str, names: set[str], is_open: bool, lx: Lexicon) -> Question | None:
     if names:
         return attribute_question(cat, "name", _one(names)) if len(names) == 1 else None
     if _words(t, "sign", "name", "called", "named", "say", "read"):
         return attribute_question(cat, "name") if is_open else None
-    colours = find_terms(t, COLOUR_SYNONYMS)
-    materials = find_terms(t, _materials())
+    colours = find_terms(t, lx.colours)
+    materials = find_terms(t, lx.materials)
     if len(colours) > 1 or len(materials) > 1:
         return None
     colour, material = _one(colours), _one(materials)
@@ -192,7 +189,7 @@ def _element(t: str, cat: str, names: set[str], is_open: bool) -> Question | Non
         return attribute_question(cat, "colour", colour)
     if material:
         return attribute_question(cat, "material", material)
-    return _prop(t, cat, is_open)
+    return _prop(t, cat, is_open, lx)
 
 
 def _part(t: str, cat: str) -> str | None:
@@ -218,9 +215,9 @@ def _part(t: str, cat: str) -> str | None:
     return parts[0] if parts else None
 
 
-def _prop(t: str, cat: str, is_open: bool) -> Question | None:
+def _prop(t: str, cat: str, is_open: bool, lx: Lexicon) -> Question | None:
     if cat == "tree":
-        species = find_terms(t, SPECIES_SYNONYMS)
+        species = find_terms(t, lx.species)
         if len(species) == 1:
             return attribute_question(cat, "species", _one(species))
         if is_open and _words(t, "kind", "type", "species", "sort"):

@@ -19,8 +19,8 @@ Context reformulation (the LLM rewrites the dialogue into one caption-style quer
 which retrieves with d0 + answers, can run the full PlugIR loop. Without the wrapper the
 questioner still works and the engine keeps the paper's d_t = concat(d0, a_1..a_t).
 
-The places' images are not used: the captions come from the annotations, so this is PlugIR
-with a text-only view of the candidates (their code captions the images with BLIP).
+The candidates are seen through the map's image evidence (the annotators' phrases), the
+robot's counterpart of PlugIR captioning each candidate image with BLIP.
 """
 
 from __future__ import annotations
@@ -29,18 +29,18 @@ import logging
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dlgpr_core.data.annotations import PlaceAnnotation
 from dlgpr_core.dialogue.belief import softmax_belief
 from dlgpr_core.dialogue.questions import Question, free_question
 from dlgpr_core.dialogue.state import DialogueState
+from dlgpr_core.evidence.knowledge import EvidenceSource
+from dlgpr_core.evidence.slots import categories
 from dlgpr_core.llm.chat import ChatModel
 from dlgpr_core.mapdb.report import PlaceHit
-from dlgpr_core.synth.rephrase.lexicon import CATEGORY_SYNONYMS
 
 if TYPE_CHECKING:
     # Type-only: the questioner registry imports questioners, and the engine imports it.
@@ -144,8 +144,10 @@ class PlugIRQuestioner:
 
     ``search`` is the retriever (the same one the engine uses), called once per surviving
     question to measure how its predicted answer moves the candidate distribution.
-    ``places_by_id`` supplies the candidates' captions and descriptions; ``embed`` embeds
-    descriptions for the k-means summary (TF-IDF vectors when None, so it runs model-free).
+    ``evidence`` supplies what the candidates' images show (the robot's view of them, as
+    PlugIR captions its candidate images): the summary names each cluster's best candidate
+    by its most confident phrases; ``embed`` embeds those texts for the k-means summary
+    (TF-IDF vectors when None, so it runs model-free).
     """
 
     name = "plugir"
@@ -154,7 +156,7 @@ class PlugIRQuestioner:
         self,
         chat: ChatModel,
         search: SearchFn,
-        places_by_id: Mapping[str, PlaceAnnotation],
+        evidence: EvidenceSource,
         embed: EmbedFn | None = None,
         n_questions: int = 5,
         n_clusters: int = 10,
@@ -162,7 +164,7 @@ class PlugIRQuestioner:
         pool_shrink: float = 0.8,
         kl_start: int = 0,
         kl_temperature: float = 0.05,
-        summary_text: Literal["caption", "description"] = "caption",
+        summary_phrases: int = 4,
         max_new_tokens: int = 64,
         temperature: float = 0.8,
         regenerations: int = 1,
@@ -172,7 +174,7 @@ class PlugIRQuestioner:
             raise ValueError("n_questions, n_clusters, pool_size >= 1 and 0 < pool_shrink <= 1")
         self.chat = chat
         self.search = search
-        self.places = places_by_id
+        self.evidence = evidence
         self.embed = embed
         self.n_questions = n_questions
         self.n_clusters = n_clusters
@@ -180,7 +182,7 @@ class PlugIRQuestioner:
         self.pool_shrink = pool_shrink
         self.kl_start = kl_start
         self.kl_temperature = kl_temperature
-        self.summary_text = summary_text
+        self.summary_phrases = summary_phrases
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.regenerations = regenerations
@@ -196,8 +198,12 @@ class PlugIRQuestioner:
         n = max(self.n_clusters, round(self.pool_size * self.pool_shrink**state.round))
         return list(state.ranking[:n])
 
+    def _text(self, place_id: str, limit: int) -> str:
+        ev = self.evidence.get(place_id)
+        return "; ".join(ev.top_phrases(limit)) if ev is not None else ""
+
     def _vectors(self, ids: Sequence[str]) -> np.ndarray:
-        texts = [self.places[i].description if i in self.places else "" for i in ids]
+        texts = [self._text(i, 24) for i in ids]
         if self.embed is None:
             from sklearn.feature_extraction.text import TfidfVectorizer
 
@@ -214,7 +220,7 @@ class PlugIRQuestioner:
     def summarize(self, hits: Sequence[PlaceHit]) -> list[str]:
         """One caption per k-means cluster of the candidates, clusters in rank order of their
         best member, whose caption represents the cluster (PlugIR's "most certain")."""
-        ids = [h.place_id for h in hits if h.place_id in self.places]
+        ids = [h.place_id for h in hits if self.evidence.get(h.place_id) is not None]
         if not ids:
             return []
         labels = np.arange(len(ids))
@@ -232,9 +238,8 @@ class PlugIRQuestioner:
             best.setdefault(int(label), pid)  # ids are in rank order: first is best-ranked
         out: list[str] = []
         for pid in best.values():
-            place = self.places[pid]
-            text = place.caption if self.summary_text == "caption" else place.description
-            if text not in out:
+            text = self._text(pid, self.summary_phrases)
+            if text and text not in out:
                 out.append(text)
         return out
 
@@ -345,7 +350,7 @@ class PlugIRQuestioner:
         """A generic question never asked before, used when the LLM gave nothing usable."""
         asked = {q.key for q in state.questions}
         pool = list(GENERIC_FALLBACKS) + [
-            f"Is there {'an' if c[0] in 'aeiou' else 'a'} {c}?" for c in CATEGORY_SYNONYMS
+            f"Is there {'an' if c[0] in 'aeiou' else 'a'} {c}?" for c in categories()
         ]
         for text in pool:
             q = free_question(text, reasoning="fallback: no usable LLM question", fallback=True)

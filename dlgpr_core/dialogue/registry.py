@@ -1,7 +1,7 @@
 """Questioners by name: the one place that knows how to build each from common options.
 
 Command lines, the ROS questioner node, the evaluation and the trainers all say
-``make_questioner("info-gain", places_by_id=..., top_k=10, seed=3)``; each entry takes from
+``make_questioner("info-gain", evidence=..., top_k=10, seed=3)``; each entry takes from
 `QuestionerOptions` what its questioner needs (a seed for the random baseline, a search for
 PlugIR, a model and adapter for the VLMs), so no caller special-cases a questioner. Model-
 backed questioners are imported only when chosen.
@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dlgpr_core.dialogue.questioner import Questioner
-from dlgpr_core.dialogue.questioners import InfoGainQuestioner, RandomFactQuestioner
+from dlgpr_core.dialogue.questioners import InfoGainQuestioner, RandomQuestioner
+from dlgpr_core.evidence.knowledge import EvidenceSource
 
 if TYPE_CHECKING:
-    from dlgpr_core.data.annotations import PlaceAnnotation
     from dlgpr_core.mapdb.report import PlaceHit
 
 
@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 class QuestionerOptions:
     """Everything any registered questioner may need; each uses its part."""
 
-    places_by_id: Mapping[str, PlaceAnnotation] = field(default_factory=dict)
+    evidence: EvidenceSource = field(default_factory=lambda: EvidenceSource(lambda _ids: {}))
+    """What the map's images show about each place (`EvidenceSource.of_map`)."""
     top_k: int = 10
     seed: int = 0
     search: Callable[[str, int], list[PlaceHit]] | None = None
@@ -41,11 +42,11 @@ class QuestionerOptions:
 
 
 def _info_gain(o: QuestionerOptions) -> Questioner:
-    return InfoGainQuestioner(o.places_by_id, top_k=o.top_k, **o.extra)
+    return InfoGainQuestioner(o.evidence, top_k=o.top_k, **o.extra)
 
 
 def _random(o: QuestionerOptions) -> Questioner:
-    return RandomFactQuestioner(o.places_by_id, seed=o.seed, top_k=o.top_k)
+    return RandomQuestioner(o.evidence, seed=o.seed, top_k=o.top_k)
 
 
 def _vlm(o: QuestionerOptions, adapter: str | None) -> Questioner:
@@ -56,7 +57,7 @@ def _vlm(o: QuestionerOptions, adapter: str | None) -> Questioner:
     fields: dict[str, Any] = dict(o.extra, adapter=adapter)
     if o.model:
         fields["model"] = o.model
-    return DQPilotQuestioner(DQPilotConfig(**fields), places_by_id=o.places_by_id or None)
+    return DQPilotQuestioner(DQPilotConfig(**fields), evidence=o.evidence)
 
 
 def _dq_pilot(o: QuestionerOptions) -> Questioner:
@@ -78,7 +79,7 @@ def _plugir(o: QuestionerOptions) -> Questioner:
         raise ValueError("plugir needs a chat model: pass llm=<path, hub id or openai:...>")
     if o.search is None:
         raise ValueError("plugir needs the map's search to score its candidate questions")
-    return PlugIRQuestioner(create_chat_model(o.llm), o.search, o.places_by_id, **o.extra)
+    return PlugIRQuestioner(create_chat_model(o.llm), o.search, o.evidence, **o.extra)
 
 
 QUESTIONERS: dict[str, Callable[[QuestionerOptions], Questioner]] = {
@@ -97,7 +98,7 @@ resumed run asks what an uninterrupted one would; the others are built once and 
 def make_questioner(
     name: str,
     *,
-    places_by_id: Mapping[str, PlaceAnnotation] | None = None,
+    evidence: EvidenceSource | None = None,
     top_k: int = 10,
     seed: int = 0,
     search: Callable[[str, int], list[PlaceHit]] | None = None,
@@ -112,7 +113,7 @@ def make_questioner(
     except KeyError:
         raise ValueError(f"unknown questioner {name!r}; known: {sorted(QUESTIONERS)}") from None
     options = QuestionerOptions(
-        places_by_id=places_by_id or {},
+        evidence=evidence if evidence is not None else EvidenceSource(lambda _ids: {}),
         top_k=top_k,
         seed=seed,
         search=search,

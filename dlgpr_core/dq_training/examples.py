@@ -29,18 +29,21 @@ from typing import TYPE_CHECKING, Any
 from dlgpr_core.data.annotations import PlaceAnnotation
 from dlgpr_core.data.annotations import places_by_id as index_places
 from dlgpr_core.data.records import namespaced_place_id
+from dlgpr_core.dialogue.answers import DONT_KNOW
 from dlgpr_core.dialogue.dq_pilot import (
     DQPilotConfig,
     DQPilotQuestioner,
 )
 from dlgpr_core.dialogue.engine import DialogueEngine, SearchFn
-from dlgpr_core.dialogue.knowledge import DONT_KNOW, PlaceKnowledge
 from dlgpr_core.dialogue.metrics import prg
 from dlgpr_core.dialogue.questioners import InfoGainQuestioner
 from dlgpr_core.dialogue.questions import Question
 from dlgpr_core.dialogue.state import DialogueConfig, DialogueState
+from dlgpr_core.evaluation.oracle import oracle_source
+from dlgpr_core.evidence.knowledge import EvidenceSource
 from dlgpr_core.mapdb.report import PlaceHit
 from dlgpr_core.users.fact import FactUser
+from dlgpr_core.users.knowledge import PlaceKnowledge
 
 if TYPE_CHECKING:
     from dlgpr_core.llm.vlm import Message
@@ -146,13 +149,10 @@ class _NoGenerate:
         raise RuntimeError("the data builder only renders prompts")
 
 
-def prompt_questioner(
-    config: DQDataConfig, places_by_id: Mapping[str, PlaceAnnotation]
-) -> DQPilotQuestioner:
-    """A `DQPilotQuestioner` used only for its `prompt` method (same code as inference)."""
-    return DQPilotQuestioner(
-        config.prompt_config(), backend=_NoGenerate(), places_by_id=places_by_id
-    )
+def prompt_questioner(config: DQDataConfig, evidence: EvidenceSource) -> DQPilotQuestioner:
+    """A `DQPilotQuestioner` used only for its `prompt` method (same code as inference);
+    `evidence` gives the candidates' region phrases, as the robot's map does at inference."""
+    return DQPilotQuestioner(config.prompt_config(), backend=_NoGenerate(), evidence=evidence)
 
 
 def prompt_and_paths(
@@ -299,16 +299,21 @@ def build_examples(
     search: SearchFn,
     config: DQDataConfig | None = None,
     places_by_id: Mapping[str, PlaceAnnotation] | None = None,
+    evidence: EvidenceSource | None = None,
 ) -> list[DQExample]:
     """Teacher dialogues from each place's caption; one example per round with a question.
 
-    `places_by_id` is every place the search can return (defaults to `places`): candidates'
-    region phrases and the teacher's facts come from it.
+    `places_by_id` is every place the search can return (defaults to `places`): the
+    teacher's facts come from it, and the teacher asks with oracle evidence (training may
+    read the training city's ground truth). `evidence` is what the prompts show as region
+    phrases: the evidence the robot will have at inference (the training map's annotator);
+    without it, the oracle's phrases.
     """
     cfg = config or DQDataConfig()
     by_id = dict(places_by_id or index_places(places))
-    teacher = InfoGainQuestioner(by_id, top_k=cfg.dialogue.top_k)
-    prompter = prompt_questioner(cfg, by_id)
+    oracle = oracle_source(list(by_id.values()))
+    teacher = InfoGainQuestioner(oracle, top_k=cfg.dialogue.top_k)
+    prompter = prompt_questioner(cfg, evidence or oracle)
     engine = DialogueEngine(search, teacher, cfg.dialogue)
     out: list[DQExample] = []
     for place in places:

@@ -1,8 +1,8 @@
 """The per-dialogue log of an evaluation run: one JSONL line per finished dialogue.
 
-Every finished dialogue is appended at once, keyed by (city, questioner, update, dialogue
-id); a rerun skips what the log holds, so an interrupted evaluation resumes, and a torn last
-line (a crash mid-write) costs only the dialogue that was in flight.
+Every finished dialogue is appended at once, keyed by (city, questioner, update, evidence,
+user, dialogue id); a rerun skips what the log holds, so an interrupted evaluation resumes,
+and a torn last line (a crash mid-write) costs only the dialogue that was in flight.
 """
 
 from __future__ import annotations
@@ -33,11 +33,17 @@ class DialogueRecord:
     """Time the questioner took for each question."""
     round_ms: list[float]
     """Wall time of each answered round: answer + retrieval + re-ranking + next question."""
+    evidence: str = ""
+    """Annotator whose evidence the robot used ("oracle": ground truth)."""
+    user: str = "facts"
+    """Who answered: facts (exact), rephrased (a person's words), rephrased+asr, llm:..."""
+    unread: int = 0
+    """Answers the robot could not read (its reading failures)."""
 
     @property
-    def key(self) -> tuple[str, str, str, str]:
+    def key(self) -> tuple[str, ...]:
         """Identity in the log: a rerun skips records it already holds."""
-        return (self.city, self.questioner, self.update, self.dialogue_id)
+        return (self.city, self.questioner, self.update, self.evidence, self.user, self.dialogue_id)
 
 
 class DialogueLog:

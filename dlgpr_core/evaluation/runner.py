@@ -15,25 +15,44 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from dlgpr_core.data.annotations import PlaceAnnotation, places_by_id
+from dlgpr_core.data.annotations import PlaceAnnotation
 from dlgpr_core.data.records import namespaced_place_id
-from dlgpr_core.dialogue.consistency import FactConsistencyReranker
+from dlgpr_core.dialogue.answers import read_answer
 from dlgpr_core.dialogue.engine import DialogueEngine, SearchFn, User
+from dlgpr_core.dialogue.evidence_update import EvidenceUpdate
 from dlgpr_core.dialogue.questioner import Questioner
 from dlgpr_core.dialogue.questions import Question
 from dlgpr_core.dialogue.registry import QUESTIONERS, SEEDED, make_questioner
 from dlgpr_core.dialogue.state import DialogueConfig, DialogueState
 from dlgpr_core.evaluation.log import DialogueLog, DialogueRecord
+from dlgpr_core.evaluation.oracle import ORACLE, OracleQuestioner, write_oracle_evidence
 from dlgpr_core.evaluation.summary import TableRow, plot_recall, summarise_records, write_table
+from dlgpr_core.evidence.knowledge import EvidenceSource
 from dlgpr_core.users.fact import FactUser
 
-Update = Literal["text", "facts"]
+Update = Literal["text", "evidence"]
 """How an answer changes the ranking: "text" appends it to the query only (the paper);
-"facts" also down-weights places whose annotated facts contradict it."""
+"evidence" also re-scores every place by the answer's likelihood under its image evidence."""
 
-QuestionerFactory = Callable[[int], Questioner]
-"""dialogue seed -> a fresh questioner (models inside may be shared between calls)."""
-UserFactory = Callable[[PlaceAnnotation], User]
+QuestionerFactory = Callable[[int, Mapping[str, PlaceAnnotation]], Questioner]
+"""(dialogue seed, the targets of the dialogues it will serve, by dialogue id) -> a fresh
+questioner; models inside may be shared between calls. Only the oracle reads the targets."""
+UserFactory = Callable[[PlaceAnnotation, int], User]
+"""(target place, dialogue seed) -> the simulated person standing there."""
+
+USERS = ("facts", "rephrased", "rephrased+asr")
+"""The simulated people: exact sentences, a person's words, a person's words misheard."""
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One row of Table 1: who asks, how answers update, whose evidence, who answers."""
+
+    questioner: str
+    update: Update
+    evidence: str
+    """Annotator whose evidence the robot uses (``oracle``: ground truth, labelled so)."""
+    user: str = "facts"
 
 
 def _chosen(places: Sequence[PlaceAnnotation], n: int | None, seed: int) -> list[PlaceAnnotation]:
@@ -103,8 +122,6 @@ class EvalSettings:
     top_k: int = 10
     confidence: float | None = 0.9
     temperature: float = 0.05
-    epsilon: float = 0.05
-    """Answer-noise probability of the "facts" update."""
     seed: int = 0
     batch_size: int = 1
     """Dialogues run in lockstep, their questions asked in one batched call per round
@@ -120,13 +137,13 @@ def evaluate_city(
     search: SearchFn,
     map_size: int,
     places: Sequence[PlaceAnnotation],
-    questioner_name: str,
+    condition: Condition,
     make: QuestionerFactory,
-    update: Update,
+    evidence: EvidenceSource,
     settings: EvalSettings,
     log: DialogueLog,
-    done: set[tuple[str, str, str, str]] | None = None,
-    make_user: UserFactory = FactUser,
+    done: set[tuple[str, ...]] | None = None,
+    make_user: UserFactory | None = None,
     on_dialogue: Callable[[DialogueRecord], None] | None = None,
 ) -> Iterator[DialogueRecord]:
     """Run (or skip, when logged) one dialogue per chosen place; yields each record.
@@ -141,51 +158,87 @@ def evaluate_city(
         confidence=settings.confidence,
         temperature=settings.temperature,
     )
-    by_id = places_by_id(places)
     reranker = (
-        FactConsistencyReranker(by_id, settings.epsilon, settings.temperature)
-        if update == "facts"
-        else None
+        EvidenceUpdate(evidence, settings.temperature) if condition.update == "evidence" else None
     )
+    users = make_user or user_factory(condition.user)
     done = done if done is not None else {r.key for r in log.read()}
     todo = [
         (i, place, f"{place.city}:{place.place_id}:{settings.seed}")
         for i, place in enumerate(_chosen(places, settings.n, settings.seed))
     ]
-    todo = [t for t in todo if (t[1].city, questioner_name, update, t[2]) not in done]
+    todo = [t for t in todo if _key(t[1].city, condition, t[2]) not in done]
     for start in range(0, len(todo), settings.batch_size):
         chunk = todo[start : start + settings.batch_size]
-        timed = _Timed(make(settings.seed * 1_000_003 + chunk[0][0]))
+        seed = settings.seed * 1_000_003 + chunk[0][0]
+        timed = _Timed(make(seed, {did: p for _, p, did in chunk}))
         engine = DialogueEngine(search, timed, cfg, reranker=reranker)
         histories, round_ms = _lockstep(
             engine,
             [p.caption for _, p, _ in chunk],
             [did for _, _, did in chunk],
-            [make_user(p) for _, p, _ in chunk],
+            [users(p, settings.seed * 1_000_003 + i) for i, p, _ in chunk],
         )
         for (_, place, did), states, ms in zip(chunk, histories, round_ms, strict=True):
-            state = states[-1]
-            target = namespaced_place_id(place.city, place.place_id)
-            record = DialogueRecord(
-                city=place.city,
-                questioner=questioner_name,
-                update=update,
-                dialogue_id=did,
-                target=target,
-                d0=place.caption,
-                questions=[q.text for q in state.questions],
-                answers=list(state.answers),
-                ranks=[s.rank_of(target) for s in states],
-                stop_reason=state.stop_reason or "",
-                fallbacks=sum(q.fallback for q in state.questions),
-                question_ms=[round(x, 3) for x in timed.ms.get(did, [])],
-                round_ms=[round(x, 3) for x in ms],
-            )
+            record = _record(place, did, condition, states, timed.ms.get(did, []), ms)
             log.append(record)
-            done.add((place.city, questioner_name, update, did))
+            done.add(record.key)
             if on_dialogue is not None:
                 on_dialogue(record)
             yield record
+
+
+def _key(city: str, c: Condition, dialogue_id: str) -> tuple[str, ...]:
+    return (city, c.questioner, c.update, c.evidence, c.user, dialogue_id)
+
+
+def _record(
+    place: PlaceAnnotation,
+    did: str,
+    c: Condition,
+    states: Sequence[DialogueState],
+    question_ms: Sequence[float],
+    round_ms: Sequence[float],
+) -> DialogueRecord:
+    state = states[-1]
+    target = namespaced_place_id(place.city, place.place_id)
+    pairs = zip(state.questions, state.answers, strict=False)
+    return DialogueRecord(
+        city=place.city,
+        questioner=c.questioner,
+        update=c.update,
+        evidence=c.evidence,
+        user=c.user,
+        dialogue_id=did,
+        target=target,
+        d0=place.caption,
+        questions=[q.text for q in state.questions],
+        answers=list(state.answers),
+        ranks=[s.rank_of(target) for s in states],
+        stop_reason=state.stop_reason or "",
+        fallbacks=sum(q.fallback for q in state.questions),
+        unread=sum(read_answer(q, a) is None for q, a in pairs),
+        question_ms=[round(x, 3) for x in question_ms],
+        round_ms=[round(x, 3) for x in round_ms],
+    )
+
+
+def user_factory(kind: str) -> UserFactory:
+    """The simulated person of a `USERS` kind, or ``llm:<chat model spec>``."""
+    if kind == "facts":
+        return lambda place, _seed: FactUser(place)
+    if kind in ("rephrased", "rephrased+asr"):
+        from dlgpr_core.users.rephrased import RephrasedUser
+
+        rate = 0.08 if kind == "rephrased+asr" else 0.0
+        return lambda place, seed: RephrasedUser(place, seed=seed, asr_rate=rate)
+    if kind.startswith("llm:"):
+        from dlgpr_core.llm.chat import create_chat_model
+        from dlgpr_core.users.llm import LLMUser
+
+        chat = create_chat_model(kind[4:])
+        return lambda place, _seed: LLMUser(place, chat)
+    raise ValueError(f"unknown user {kind!r}; use one of {USERS} or llm:<model spec>")
 
 
 # --- the whole Table 1 run ---------------------------------------------------------------
@@ -193,29 +246,33 @@ def evaluate_city(
 
 def questioner_factories(
     names: Sequence[str],
-    by_id: Mapping[str, PlaceAnnotation],
+    evidence: EvidenceSource,
     options: Mapping[str, str],
     search: SearchFn,
 ) -> dict[str, tuple[QuestionerFactory, SearchFn]]:
-    """name -> (dialogue seed -> questioner, the search its dialogues use). Seeded
-    questioners are built per dialogue; model-backed ones load their model once. PlugIR
-    retrieves with its reformulated query."""
+    """name -> (questioner factory, the search its dialogues use). Seeded questioners are
+    built per dialogue, the oracle per batch of targets; model-backed ones load their model
+    once. PlugIR retrieves with its reformulated query."""
     out: dict[str, tuple[QuestionerFactory, SearchFn]] = {}
     for name in names:
+        if name == ORACLE:
+            out[name] = ((lambda _seed, targets: OracleQuestioner(evidence, targets)), search)
+            continue
         if name not in QUESTIONERS:
-            raise ValueError(f"unknown questioner {name!r}; known: {sorted(QUESTIONERS)}")
+            known = sorted([*QUESTIONERS, ORACLE])
+            raise ValueError(f"unknown questioner {name!r}; known: {known}")
         # One run compares the adapter with the bare model: the baseline drops it.
         opts = {k: v for k, v in options.items() if name == "dq-pilot" or k != "adapter"}
         if name in SEEDED:
 
-            def seeded(seed: int, name: str = name) -> Questioner:
-                return make_questioner(name, places_by_id=by_id, seed=seed, search=search)
+            def seeded(seed: int, _targets: object, name: str = name) -> Questioner:
+                return make_questioner(name, evidence=evidence, seed=seed, search=search)
 
             out[name] = (seeded, search)
             continue
         shared = make_questioner(
             name,
-            places_by_id=by_id,
+            evidence=evidence,
             search=search,
             model=opts.get("model"),
             adapter=opts.get("adapter"),
@@ -233,12 +290,12 @@ def questioner_factories(
 
 def _shared(questioner: Questioner) -> QuestionerFactory:
     """One questioner for every dialogue (a model loaded once)."""
-    return lambda _seed: questioner
+    return lambda _seed, _targets: questioner
 
 
 @dataclass(frozen=True)
 class Table1Run:
-    """One `dlgpr eval` invocation: which cities, questioners and updates, with what."""
+    """One `dlgpr eval` invocation: cities, and every combination of the conditions."""
 
     data: Path
     cities: Sequence[str]
@@ -246,13 +303,23 @@ class Table1Run:
     updates: Sequence[Update]
     settings: EvalSettings
     out: Path
+    evidence: Sequence[str] = ("learned",)
+    """Annotators whose evidence the robot uses, each a row (``oracle`` labelled so)."""
+    users: Sequence[str] = ("facts",)
     maps: Path | None = None
-    """Folder of per-city maps (default <out>/maps), built on first use."""
+    """Folder of per-city maps (default <out>/maps), built and annotated on first use."""
     encoder: str | None = None
     model_options: Mapping[str, str] = field(default_factory=dict)
     """model / adapter / llm for the model-backed questioners."""
-    user_llm: str | None = None
-    """Answer with an LLM over the target's description instead of the fact-based user."""
+
+    def conditions(self) -> list[Condition]:
+        return [
+            Condition(q, u, e, who)
+            for q in self.questioners
+            for u in self.updates
+            for e in self.evidence
+            for who in self.users
+        ]
 
 
 def run_table1(
@@ -266,13 +333,15 @@ def run_table1(
     from dlgpr_core.data import scan_dataset
     from dlgpr_core.data.annotations import read_annotations
     from dlgpr_core.dialogue.engine import map_search
+    from dlgpr_core.evidence.registry import make_annotator
     from dlgpr_core.mapdb.access import open_or_create_map
 
     log = DialogueLog(run.out / "dialogues.jsonl")
     done = {r.key for r in log.read()}
-    make_user = _user_factory(run.user_llm)
+    conditions = run.conditions()
+    wanted = {_key(city, c, "")[:-1] for city in run.cities for c in conditions}
     for key in done:
-        if key[0] in run.cities and key[1] in run.questioners and on_dialogue is not None:
+        if key[:-1] in wanted and on_dialogue is not None:
             on_dialogue()
     encoder_name = run.encoder
     for city in run.cities:
@@ -285,27 +354,26 @@ def run_table1(
         if report.added and say is not None:
             say(f"map of {city}: {report.render()}")
         encoder_name = db.encoder_spec().get("name") or encoder_name
-        factories = questioner_factories(
-            run.questioners, places_by_id(places), run.model_options, map_search(db, enc)
-        )
-        for name in run.questioners:
-            make, search = factories[name]
-            for update in run.updates:
+        for name in run.evidence:
+            if name == ORACLE:
+                write_oracle_evidence(db, places)
+            else:
+                done_report = db.annotate(make_annotator(name, encoder=enc), progress=False)
+                if done_report.annotated and say is not None:
+                    say(f"map of {city}: {done_report.render()}")
+        for name in run.evidence:
+            source = EvidenceSource.of_map(db.evidence, name)
+            factories = questioner_factories(
+                run.questioners, source, run.model_options, map_search(db, enc)
+            )
+            for c in (c for c in conditions if c.evidence == name):
+                make, search = factories[c.questioner]
                 for _ in evaluate_city(
-                    search,
-                    db.info().n_places,
-                    places,
-                    name,
-                    make,
-                    update,
-                    run.settings,
-                    log,
-                    done,
-                    make_user=make_user,
+                    search, db.info().n_places, places, c, make, source, run.settings, log, done
                 ):
                     if on_dialogue is not None:
                         on_dialogue()
-    records = [r for r in log.read() if r.city in run.cities and r.questioner in run.questioners]
+    records = [r for r in log.read() if r.key[:-1] in wanted]
     rows = summarise_records(records, run.settings.max_rounds)
     meta = {
         "data": str(run.data),
@@ -315,23 +383,10 @@ def run_table1(
         "confidence": run.settings.confidence,
         "seed": run.settings.seed,
         "encoder": encoder_name or "dlgpr-lite",
-        "user": f"LLM over the description ({run.user_llm})" if run.user_llm else "fact-based",
+        "evidence": list(run.evidence),
+        "users": list(run.users),
         "d0": "caption",
     }
     write_table(rows, run.out / "table", meta)
     plot_recall(rows, run.out / "recall.png")
     return rows, meta
-
-
-def _user_factory(user_llm: str | None) -> UserFactory:
-    if not user_llm:
-        return FactUser
-    from dlgpr_core.llm.chat import create_chat_model
-    from dlgpr_core.users.llm import LLMUser
-
-    chat = create_chat_model(user_llm)
-
-    def make_user(place: PlaceAnnotation) -> User:
-        return LLMUser(place, chat)
-
-    return make_user

@@ -50,7 +50,7 @@ def summarise(
 
 @dataclass(frozen=True)
 class TableRow:
-    """One (city, questioner, update) row of the Table-1-style summary."""
+    """One (city, questioner, update, evidence, user) row of the Table-1-style summary."""
 
     city: str
     questioner: str
@@ -64,17 +64,29 @@ class TableRow:
     question_ms_p50: float
     round_ms_p50: float
     extra: dict[str, Any] = field(default_factory=dict)
+    evidence: str = ""
+    user: str = "facts"
+    unread: float = 0.0
+    """Share of answers the robot could not read."""
+
+    @property
+    def label(self) -> str:
+        """How the row is named in plots: its conditions, the oracle ones said so."""
+        ev = f"{self.evidence} evidence" if self.evidence else ""
+        parts = [self.questioner, self.update, ev, self.user if self.user != "facts" else ""]
+        return " / ".join(p for p in parts if p)
 
 
 def summarise_records(
     records: Sequence[DialogueRecord], max_rounds: int, ks: Sequence[int] = (1, 5, 10)
 ) -> list[TableRow]:
-    """Group records by (city, questioner, update) and compute each group's row."""
-    groups: dict[tuple[str, str, str], list[DialogueRecord]] = {}
+    """Group records by condition (city, questioner, update, evidence, user) and compute
+    each group's row."""
+    groups: dict[tuple[str, str, str, str, str], list[DialogueRecord]] = {}
     for r in records:
-        groups.setdefault((r.city, r.questioner, r.update), []).append(r)
+        groups.setdefault((r.city, r.questioner, r.update, r.evidence, r.user), []).append(r)
     rows = []
-    for (city, qn, upd), rs in sorted(groups.items()):
+    for (city, qn, upd, ev, who), rs in sorted(groups.items()):
         ranks = np.array(
             [(r.ranks + [r.ranks[-1]] * (max_rounds + 1))[: max_rounds + 1] for r in rs],
             dtype=np.int64,
@@ -94,6 +106,9 @@ def summarise_records(
                 fallbacks=int(sum(r.fallbacks for r in rs)),
                 question_ms_p50=float(np.median(qms)) if qms else 0.0,
                 round_ms_p50=float(np.median(rms)) if rms else 0.0,
+                evidence=ev,
+                user=who,
+                unread=sum(r.unread for r in rs) / max(1, sum(len(r.answers) for r in rs)),
             )
         )
     return rows
@@ -101,12 +116,14 @@ def summarise_records(
 
 def table_markdown(rows: Sequence[TableRow], rounds: Sequence[int] = (0, 3, 5)) -> str:
     """Table 1's layout: R@1 and R@5 (%) at the given rounds, BRI, rounds used, parse fails."""
-    head = ["city", "questioner", "update", "n"]
+    head = ["city", "questioner", "update", "evidence", "user", "n"]
     head += [f"R@1 r{t}" for t in rounds] + [f"R@5 r{t}" for t in rounds]
-    head += ["BRI", "rounds", "failed parses", "ms/question", "ms/round"]
+    head += ["BRI", "rounds", "failed parses", "unread answers", "ms/question", "ms/round"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r.city, r.questioner, r.update, str(r.n)]
+        evidence = f"{r.evidence} (oracle)" if r.evidence == "oracle" else r.evidence
+        questioner = f"{r.questioner} (oracle)" if r.questioner == "oracle" else r.questioner
+        cells = [r.city, questioner, r.update, evidence, r.user, str(r.n)]
         for k in (1, 5):
             curve = r.recall[k]
             cells += [f"{100 * curve[min(t, len(curve) - 1)]:.1f}" for t in rounds]
@@ -114,6 +131,7 @@ def table_markdown(rows: Sequence[TableRow], rounds: Sequence[int] = (0, 3, 5)) 
             f"{r.bri:.2f}",
             f"{r.mean_rounds:.2f}",
             str(r.fallbacks),
+            f"{100 * r.unread:.0f}%",
             f"{r.question_ms_p50:.1f}",
             f"{r.round_ms_p50:.0f}",
         ]
@@ -134,7 +152,7 @@ def write_table(rows: Sequence[TableRow], out: Path, meta: Mapping[str, Any]) ->
 
 
 def plot_recall(rows: Sequence[TableRow], out_png: Path, ks: Sequence[int] = (1, 5)) -> Path:
-    """R@K against the round, one line per (city, questioner, update), one panel per K."""
+    """R@K against the round, one line per condition, one panel per K."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -144,10 +162,8 @@ def plot_recall(rows: Sequence[TableRow], out_png: Path, ks: Sequence[int] = (1,
     for ax, k in zip(axes[0], ks, strict=True):
         for r in rows:
             curve = [100 * x for x in r.recall[k]]
-            style = "-" if r.update == "facts" else "--"
-            label = f"{r.questioner} ({r.update})" + (
-                f" {r.city}" if len({x.city for x in rows}) > 1 else ""
-            )
+            style = "-" if r.update == "evidence" else "--"
+            label = r.label + (f" {r.city}" if len({x.city for x in rows}) > 1 else "")
             ax.plot(range(len(curve)), curve, style, marker="o", label=label)
         ax.set_xlabel("round")
         ax.set_ylabel(f"cumulative R@{k} (%)")

@@ -34,7 +34,8 @@ class Slot:
 def _building_slot(category: str, bt: voc.BuildingType) -> Slot:
     colours = sorted({c for m in bt.materials for c in voc.MATERIAL_COLOURS[m]})
     floors = tuple(str(n) for n in range(bt.floors[0], bt.floors[1] + 1))
-    roofs = ("gabled",) if category == "church" else voc.ROOFS
+    # a church's roof is always described with its steeple (and so answered that way)
+    roofs = ("gabled with steeple",) if category == "church" else voc.ROOFS
     return Slot(
         category,
         "building",

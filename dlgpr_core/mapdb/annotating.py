@@ -27,13 +27,20 @@ from dlgpr_core.mapdb.loading import load_image
 class ImageAnnotator(Protocol):
     """What the map needs from an annotator (see `dlgpr_core.evidence` for the real ones)."""
 
-    name: str
-    """Evidence is stored under this name (several annotators can annotate one map)."""
-    version: str
-    """Changes whenever the annotator would say something else (new weights, new prompt)."""
+    @property
+    def name(self) -> str:
+        """Evidence is stored under this name (several annotators can annotate one map)."""
+        ...
 
-    def annotate(self, images: Sequence[Image.Image]) -> list[list[EvidenceItem]]:
-        """One list of items per image, in order (possibly empty)."""
+    @property
+    def version(self) -> str:
+        """Changes whenever the annotator would say something else (new weights, prompt)."""
+        ...
+
+    def annotate(self, images: Sequence[Image.Image]) -> Sequence[list[EvidenceItem] | None]:
+        """One list of items per image, in order: possibly empty (nothing seen), or None
+        when the annotator failed on that image (a teacher that never replied): then the
+        image stays to do and is reported."""
         ...
 
 
@@ -45,7 +52,7 @@ class AnnotateReport:
     already_done: int = 0
     items: int = 0
     unreadable: list[tuple[str, str]] = field(default_factory=list)
-    """(image path, reason) of images that could not be read; they stay to do."""
+    """(image path, reason) of images that could not be read or annotated; they stay to do."""
     seconds: float = 0.0
 
     def render(self) -> str:
@@ -84,30 +91,42 @@ def annotate_map(
         )
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for s in range(0, len(todo), batch_size):
-                ids = todo[s : s + batch_size]
-                paths = [Path(rows[i].root) / rows[i].path for i in ids]
-                loaded = list(pool.map(load_image, paths))
-                ok = [(i, lo.image) for i, lo in zip(ids, loaded, strict=True) if lo.image]
-                report.unreadable += [
-                    (str(p), lo.error or "unreadable")
-                    for p, lo in zip(paths, loaded, strict=True)
-                    if lo.image is None
-                ]
-                results = annotator.annotate([img for _, img in ok]) if ok else []
-                if len(results) != len(ok):
-                    raise RuntimeError(
-                        f"annotator {annotator.name} returned {len(results)} results for "
-                        f"{len(ok)} images"
-                    )
-                map_dir.store.begin()
-                report.items += store.put(
-                    annotator.name,
-                    annotator.version,
-                    [(i, r) for (i, _), r in zip(ok, results, strict=True)],
-                )
-                map_dir.store.commit()
-                report.annotated += len(ok)
-                bar.update(len(ids))
+                batch = [(i, Path(rows[i].root) / rows[i].path) for i in todo[s : s + batch_size]]
+                _annotate_batch(map_dir, store, annotator, pool, batch, report)
+                bar.update(len(batch))
         bar.close()
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _annotate_batch(
+    map_dir: MapDirectory,
+    store: EvidenceStore,
+    annotator: ImageAnnotator,
+    pool: ThreadPoolExecutor,
+    batch: Sequence[tuple[int, Path]],
+    report: AnnotateReport,
+) -> None:
+    """Reads, annotates and commits one batch (with its done-records)."""
+    loaded = list(pool.map(load_image, [path for _, path in batch]))
+    ok = [(i, path, lo.image) for (i, path), lo in zip(batch, loaded, strict=True) if lo.image]
+    report.unreadable += [
+        (str(path), lo.error or "unreadable")
+        for (_, path), lo in zip(batch, loaded, strict=True)
+        if lo.image is None
+    ]
+    results = annotator.annotate([img for _, _, img in ok]) if ok else []
+    if len(results) != len(ok):
+        raise RuntimeError(
+            f"annotator {annotator.name} returned {len(results)} results for {len(ok)} images"
+        )
+    done = []
+    for (i, path, _), items in zip(ok, results, strict=True):
+        if items is None:
+            report.unreadable.append((str(path), "the annotator failed on it"))
+        else:
+            done.append((i, items))
+    map_dir.store.begin()
+    report.items += store.put(annotator.name, annotator.version, done)
+    map_dir.store.commit()
+    report.annotated += len(done)

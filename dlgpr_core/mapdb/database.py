@@ -10,6 +10,7 @@ beyond wiring a build together.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -22,12 +23,13 @@ from dlgpr_core.mapdb.approximate import ApproxIndexes
 from dlgpr_core.mapdb.builder import Builder
 from dlgpr_core.mapdb.directory import MAP_FILE, FineShape, MapDirectory
 from dlgpr_core.mapdb.errors import MapError
-from dlgpr_core.mapdb.evidence import EvidenceStore
+from dlgpr_core.mapdb.evidence import EvidenceItem, EvidenceStore
 from dlgpr_core.mapdb.index import ApproxKind, ApproxReport
 from dlgpr_core.mapdb.info import map_info, map_skipped, map_stats
 from dlgpr_core.mapdb.report import BuildReport, ImageHit, MapInfo, MapSource, PlaceHit
 from dlgpr_core.mapdb.search import MapSearch, Query
 from dlgpr_core.mapdb.sources import list_sources, relocate
+from dlgpr_core.mapdb.store import ImageRow
 from dlgpr_core.mapdb.vectors import MapVectors
 from dlgpr_core.mapdb.writer import MapWriter
 
@@ -199,6 +201,29 @@ class MapDatabase:
             workers=workers,
             redo=redo,
         )
+
+    def put_evidence(
+        self,
+        annotator: str,
+        version: str,
+        results: Sequence[tuple[int, Sequence[EvidenceItem]]],
+    ) -> int:
+        """Store evidence computed elsewhere (e.g. by the evaluation's oracle) for images
+        of this map, in one transaction; returns the items written."""
+        with self._map.writing():
+            self._map.store.begin()
+            try:
+                n = self.evidence.put(annotator, version, results)
+            except BaseException:
+                self._map.store.rollback()
+                raise
+            self._map.store.commit()
+        return n
+
+    def image_rows(self, image_ids: Sequence[int]) -> dict[int, ImageRow]:
+        """Stored images by id: path relative to its data set root, the root, the place."""
+        with self._map.lock:
+            return self._map.store.rows_by_ids(image_ids)
 
     def sources(self) -> list[MapSource]:
         """The data sets this map was built from, oldest first."""

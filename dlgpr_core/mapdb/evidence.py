@@ -57,16 +57,27 @@ class ImageEvidence:
 
 @dataclass(frozen=True)
 class AnnotatorRun:
-    """How far one annotator got on a map."""
+    """How far one annotator got on a map, and what its evidence holds."""
 
     annotator: str
     versions: dict[str, int]
     """annotator version -> images done with it."""
     items: int
+    types: dict[str, tuple[int, float]] = field(default_factory=dict)
+    """evidence type (the slot's attribute, "category" = presence, "phrase" without a slot)
+    -> (items, mean confidence)."""
 
     @property
     def images(self) -> int:
         return sum(self.versions.values())
+
+    def render(self) -> str:
+        versions = ", ".join(f"{v}: {n} images" for v, n in sorted(self.versions.items()))
+        head = f"evidence:   {self.annotator} ({versions}): {self.items} items"
+        kinds = ", ".join(
+            f"{kind} {n} (mean conf {conf:.2f})" for kind, (n, conf) in sorted(self.types.items())
+        )
+        return head + (f"\n  {kinds}" if kinds else "")
 
 
 class EvidenceStore:
@@ -138,11 +149,16 @@ class EvidenceStore:
             "SELECT annotator, version, COUNT(*) FROM evidence_runs GROUP BY annotator, version"
         ):
             versions[str(name)][str(version)] = int(n)
-        items = {
-            str(name): int(n)
-            for name, n in self._q("SELECT annotator, COUNT(*) FROM evidence GROUP BY annotator")
-        }
-        return [AnnotatorRun(a, v, items.get(a, 0)) for a, v in sorted(versions.items())]
+        types: dict[str, dict[str, tuple[int, float]]] = defaultdict(dict)
+        for name, attr, n, conf in self._q(
+            "SELECT annotator, attribute, COUNT(*), AVG(confidence) FROM evidence "
+            "GROUP BY annotator, attribute"
+        ):
+            types[str(name)][str(attr) or "phrase"] = (int(n), float(conf))
+        return [
+            AnnotatorRun(a, v, sum(n for n, _ in types[a].values()), dict(types[a]))
+            for a, v in sorted(versions.items())
+        ]
 
     def for_places(
         self, annotator: str, place_ids: Sequence[str]

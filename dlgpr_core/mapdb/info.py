@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dlgpr_core.data.records import SkippedItem
 from dlgpr_core.mapdb.directory import MapDirectory
+from dlgpr_core.mapdb.evidence import EvidenceStore
 from dlgpr_core.mapdb.index import APPROX_KINDS, EXACT_FILE, approx_file
 from dlgpr_core.mapdb.report import MapInfo
 from dlgpr_core.mapdb.schema import SCHEMA_VERSION
@@ -52,6 +53,7 @@ def map_info(map_dir: MapDirectory, vectors: MapVectors) -> MapInfo:
             bytes_per_embedding=sizes,
             sources=list_sources(map_dir),
             fine_bytes_per_image=fine_bytes,
+            evidence=[run.render() for run in EvidenceStore(map_dir.store).runs()],
         )
 
 

@@ -137,6 +137,8 @@ class MapInfo:
     sources: list[MapSource] = field(default_factory=list)
     fine_bytes_per_image: float | None = None
     """Stored fine (re-ranking) features per image, for maps built with a FineEncoder."""
+    evidence: list[str] = field(default_factory=list)
+    """One rendered block per annotator whose evidence the map holds."""
 
     def render(self) -> str:
         lines = [
@@ -155,6 +157,7 @@ class MapInfo:
         for src in self.sources:
             kind = f" [{src.kind}]" if src.kind else ""
             lines.append(f"source:     {src.root}{kind}: {src.n_images} images")
+        lines.extend(self.evidence or ["evidence:   none (run `dlgpr map evidence`)"])
         return "\n".join(lines)
 
     def __str__(self) -> str:

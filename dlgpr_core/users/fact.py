@@ -9,9 +9,11 @@ a guess, because a wrong answer would poison both the benchmark and the GRPO rew
 from __future__ import annotations
 
 from dlgpr_core.data.annotations import PlaceAnnotation
-from dlgpr_core.dialogue.knowledge import DONT_KNOW, PlaceKnowledge
+from dlgpr_core.dialogue.answers import DONT_KNOW
 from dlgpr_core.dialogue.parse import parse_question
 from dlgpr_core.dialogue.questions import Question
+from dlgpr_core.users.knowledge import PlaceKnowledge
+from dlgpr_core.users.lexicon import USER_LEXICON
 
 
 class FactUser:
@@ -25,7 +27,8 @@ class FactUser:
         """A short sentence fit to append to the retrieval query, or "I don't know."."""
         if isinstance(question, Question) and question.kind != "free":
             return self.knowledge.answer(question)
-        parsed = parse_question(question.text if isinstance(question, Question) else question)
+        text = question.text if isinstance(question, Question) else question
+        parsed = parse_question(text, USER_LEXICON)
         if parsed is None:
             return DONT_KNOW
         # A negated wording ("Isn't the bank red?") gets the bare statement: a "Yes"/"No"

@@ -1,8 +1,8 @@
 """What one place's annotation settles about a structured question, and the truthful answer.
 
-The simulated user and the information-gain questioner both call `PlaceKnowledge.outcome`,
-so the questioner's model of "how would this candidate answer?" is exactly the user's
-behaviour: the expected information gain is computed over the answers the user really gives.
+The simulated user's knowledge: it answers from the place's ground-truth facts. The robot
+never sees it; it predicts answers from image evidence (`dlgpr_core.dialogue.answer_model`)
+in the same outcome classes (`dlgpr_core.dialogue.answers.Outcome`).
 
 Closed-world rule: SynthCities lists every static element of a place, so a category with no
 element is truly absent ("No, there is no fountain."). Attribute values are taken only from
@@ -13,23 +13,16 @@ do not settle is answered "I don't know."
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from dlgpr_core.data.annotations import PlaceAnnotation
+from dlgpr_core.dialogue.answers import DONT_KNOW, Outcome
 from dlgpr_core.dialogue.questions import (
     STREET,
     Question,
     presence_statement,
     statement,
 )
-
-DONT_KNOW = "I don't know."
-
-Outcome = tuple[str, ...]
-"""A hashable answer class: ("yes",), ("no", values...), ("absent",), ("unknown",),
-("value", values...), ("present",). Two places with equal outcomes are indistinguishable
-by the question."""
 
 
 @dataclass(frozen=True)
@@ -105,26 +98,6 @@ class PlaceKnowledge:
         return sentences
 
 
-class KnowledgeIndex:
-    """Each annotated place indexed once, on first use; un-annotated places know nothing.
-
-    Questioners and re-rankers look at the same few hundred candidates every round, so
-    the index is built lazily and kept."""
-
-    def __init__(self, places_by_id: Mapping[str, PlaceAnnotation]) -> None:
-        self.places = places_by_id
-        self._cache: dict[str, PlaceKnowledge] = {}
-
-    def get(self, place_id: str) -> PlaceKnowledge | None:
-        """The place's knowledge, or None when the map has no annotation for it."""
-        if place_id not in self._cache:
-            place = self.places.get(place_id)
-            if place is None:
-                return None
-            self._cache[place_id] = PlaceKnowledge.from_place(place)
-        return self._cache[place_id]
-
-
 def _prefix(word: str, sentence: str, use: bool) -> str:
     if not use:
         return sentence
@@ -133,4 +106,4 @@ def _prefix(word: str, sentence: str, use: bool) -> str:
     return f"{word}, {first.lower()}{rest}"
 
 
-__all__ = ["DONT_KNOW", "STREET", "KnowledgeIndex", "Outcome", "PlaceKnowledge"]
+__all__ = ["DONT_KNOW", "STREET", "Outcome", "PlaceKnowledge"]

@@ -16,15 +16,11 @@ from functools import cache
 from typing import Any
 
 from dlgpr_core.data.annotations import PlaceAnnotation
-from dlgpr_core.dialogue.knowledge import DONT_KNOW
+from dlgpr_core.dialogue.answers import DONT_KNOW
 from dlgpr_core.dialogue.questions import Question
 from dlgpr_core.llm.chat import ChatModel
-from dlgpr_core.synth.rephrase.lexicon import (
-    COLOUR_SYNONYMS,
-    MATERIAL_SYNONYMS,
-    category_lexicon,
-    find_terms,
-)
+from dlgpr_core.synth.rephrase.lexicon import COLOUR_SYNONYMS, MATERIAL_SYNONYMS, category_lexicon
+from dlgpr_core.synth.terms import find_terms
 
 log = logging.getLogger(__name__)
 

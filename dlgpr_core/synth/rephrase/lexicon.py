@@ -7,14 +7,12 @@ may be called ``sand-coloured`` or ``tan``, never ``brown``), because an evaluat
 query that states a false fact measures the query set, not the retriever.
 
 The same tables drive `find_terms`, which maps the words of a text back to categories
-and colours; the tests use it to prove that no statement is invented.
+and colours; the tests use it to prove that no statement is invented. The robot reads
+answers with a lexicon of its own (`dlgpr_core.dialogue.lexicon`), never these tables, so
+how well it understands people is measured, not given.
 """
 
 from __future__ import annotations
-
-import re
-from collections.abc import Iterable, Mapping
-from functools import cache
 
 CATEGORY_SYNONYMS: dict[str, tuple[str, ...]] = {
     # buildings
@@ -143,35 +141,6 @@ TRANSIENT_WORDS = frozenset(
 )
 """Words a description must never contain: occluders and capture conditions are not facts
 of the place. (``traffic`` only occurs inside ``traffic signal``, masked first.)"""
-
-
-def _plural_pattern(phrase: str) -> str:
-    body = r"\s+".join(re.escape(w) for w in phrase.lower().split())
-    return rf"(?<![\w-]){body}(?:s|es)?(?![\w-])"
-
-
-@cache
-def _compiled(items: tuple[tuple[str, str], ...]) -> list[tuple[str, re.Pattern[str]]]:
-    # Longest phrase first, so "light blue" is taken before "blue" and "post office"
-    # before any shorter overlap.
-    ordered = sorted(items, key=lambda kv: -len(kv[1]))
-    return [(key, re.compile(_plural_pattern(phrase))) for key, phrase in ordered]
-
-
-def find_terms(text: str, lexicon: Mapping[str, Iterable[str]]) -> set[str]:
-    """Keys of ``lexicon`` whose phrases occur in ``text`` (case-insensitive, plurals too).
-
-    Longer phrases are matched and blanked out first, so a phrase is never also counted
-    as the shorter one it contains (``light blue`` is not ``blue``).
-    """
-    items = tuple((k, p) for k, phrases in lexicon.items() for p in phrases)
-    masked = text.lower()
-    found: set[str] = set()
-    for key, pattern in _compiled(items):
-        if pattern.search(masked):
-            found.add(key)
-            masked = pattern.sub(lambda m: " " * len(m.group(0)), masked)
-    return found
 
 
 def category_lexicon() -> dict[str, tuple[str, ...]]:

@@ -1,0 +1,130 @@
+"""How a person would answer a question about a place, given what the robot believes of it.
+
+The robot never knows a candidate's facts; it has evidence from the candidate's images
+(`dlgpr_core.evidence.knowledge.PlaceEvidence`: P(category visible), P(value | category)).
+This model turns that into a distribution over the answers a person standing there would
+give, in the outcome classes of `answers.py`. The questioner takes its expected information
+gain over these distributions, and the answer update multiplies each candidate's belief by
+the probability of the answer actually heard: one model for both, so the question chosen is
+the one the update will use best.
+
+For an attribute question about category c with value v, and the person's chance u of not
+being able to tell that attribute:
+
+    P(absent) = 1 - p_c
+    P(unknown) = p_c * u
+    P(yes) = p_c * (1 - u) * q(v)
+    P(no, v') = p_c * (1 - u) * q(v')      (a person saying no names what it is instead)
+
+A presence question is present with p_c, absent otherwise. Likelihoods are floored
+(`floor`): annotators and people both err, and one wrong answer must not rule the true
+place out for ever.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from dlgpr_core.dialogue.answers import Outcome
+from dlgpr_core.dialogue.questions import Question
+from dlgpr_core.evidence.knowledge import PlaceEvidence
+from dlgpr_core.evidence.slots import values as slot_values
+
+UNKNOWN_RATES: dict[str, float] = {"awning": 0.26}
+"""P(a person cannot tell the attribute | the thing is there), measured on the training city
+Trainville (seed 1) as the share of element attributes its descriptions leave unstated (only
+"no awnings" is left unsaid, 25.8%); every other attribute gets `AnswerModel.default_unknown`."""
+
+
+@dataclass(frozen=True)
+class AnswerModel:
+    """P(answer | place evidence) for structured probes; see the module docstring."""
+
+    unknown: Mapping[str, float] = field(default_factory=lambda: dict(UNKNOWN_RATES))
+    default_unknown: float = 0.03
+    floor: float = 0.02
+    max_values: int = 6
+    """"No, it is X" outcomes kept apart per yes/no question; the rest are lumped."""
+
+    def u(self, attribute: str) -> float:
+        return self.unknown.get(attribute, self.default_unknown)
+
+    def _values(self, ev: PlaceEvidence, q: Question) -> dict[str, float]:
+        """P(value | category) over the slot's values, filling what the annotator left out
+        uniformly with the remaining mass."""
+        attr = q.attribute or ""
+        dist = dict(ev.dist(q.category, attr))
+        known = slot_values(q.category, attr)
+        unlisted = [v for v in known if v not in dist]
+        rest = max(0.0, 1.0 - sum(dist.values()))
+        if unlisted:
+            share = (rest if dist else 1.0) / len(unlisted)
+            for v in unlisted:
+                dist[v] = share
+        total = sum(dist.values())
+        return {v: x / total for v, x in dist.items()} if total > 0 else {}
+
+    def outcomes(self, ev: PlaceEvidence | None, q: Question) -> dict[Outcome, float]:
+        """P(outcome) for a person at this place; a place without evidence (or a free-text
+        question) gives one certain "unknown" outcome, i.e. no information."""
+        if ev is None or q.kind == "free":
+            return {("unknown",): 1.0}
+        p = ev.p(q.category)
+        if q.kind == "presence":
+            return {("present",): p, ("absent",): 1.0 - p}
+        u = self.u(q.attribute or "")
+        out: dict[Outcome, float] = {("absent",): 1.0 - p, ("unknown",): p * u}
+        known = p * (1.0 - u)
+        dist = self._values(ev, q)
+        if not dist:
+            out[("unknown",)] += known
+            return out
+        ranked = sorted(dist.items(), key=lambda kv: -kv[1])
+        if q.value is not None:
+            out[("yes",)] = known * dist.get(q.value, 0.0)
+            others = [(v, x) for v, x in ranked if v != q.value]
+            for v, x in others[: self.max_values]:
+                out[("no", v)] = known * x
+            lumped = sum(x for _, x in others[self.max_values :])
+            if lumped > 0:
+                out[("no",)] = known * lumped
+        else:
+            for v, x in ranked[: self.max_values]:
+                out[("value", v)] = known * x
+            lumped = sum(x for _, x in ranked[self.max_values :])
+            if lumped > 0:
+                out[("value",)] = known * lumped
+        return out
+
+    def likelihood(self, ev: PlaceEvidence | None, q: Question, observed: Outcome) -> float | None:
+        """P(observed answer | this place), floored; None when the place has no evidence
+        (the caller decides what an unknown place is worth)."""
+        if ev is None:
+            return None
+        return self.floor + (1.0 - self.floor) * self._raw(ev, q, observed)
+
+    def _raw(self, ev: PlaceEvidence, q: Question, observed: Outcome) -> float:
+        tag, named = observed[0], observed[1:]
+        p = ev.p(q.category)
+        if tag == "present":
+            return p
+        if tag == "absent":
+            return 1.0 - p
+        if q.kind == "presence":
+            return 1.0  # "I don't know" to "is there ...?" says nothing
+        u = self.u(q.attribute or "")
+        if tag == "unknown":
+            return p * u
+        dist = self._values(ev, q)
+        if not dist:
+            return p * (1.0 - u)
+        if tag == "yes":
+            q_v = dist.get(q.value or "", 0.0)
+        elif named:
+            q_v = max(dist.get(v, 0.0) for v in named)
+        elif tag == "no":
+            q_v = 1.0 - dist.get(q.value or "", 0.0)
+        else:  # a value was stated but not read: only "it is there" is learnt
+            q_v = 1.0
+        return p * (1.0 - u) * q_v

@@ -1,0 +1,84 @@
+"""The answer update: every candidate re-scored by how likely it makes the answers heard.
+
+The paper only appends answers to the query text, so an answer helps as far as the text
+encoder understands it (a "No" is nearly invisible to an embedding). The robot also knows,
+from each place's images, what is probably there and what it looks like; reading each
+answer as an observation of the asked probe, it applies Bayes' rule: belief is multiplied by
+P(answer | place) from the same `AnswerModel` the questioner plans with. Since belief =
+softmax(score / temperature), that is adding temperature * ln P to each score.
+
+Answers it cannot read, and places without evidence, are not penalised: such a place gets,
+for each answer, the median likelihood of the places that have evidence, so being unseen
+neither helps nor hurts it.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import replace
+
+from dlgpr_core.dialogue.answer_model import AnswerModel
+from dlgpr_core.dialogue.answers import Outcome, probe_of, read_answer
+from dlgpr_core.dialogue.questions import Question
+from dlgpr_core.evidence.knowledge import EvidenceSource
+from dlgpr_core.mapdb.report import PlaceHit
+
+
+def observations(
+    questions: Sequence[Question], answers: Sequence[str]
+) -> list[tuple[Question, Outcome]]:
+    """(probe, outcome) for every answer the robot could read."""
+    out = []
+    for question, answer in zip(questions, answers, strict=False):
+        probe = probe_of(question)
+        outcome = read_answer(question, answer) if probe is not None else None
+        if probe is not None and outcome is not None:
+            out.append((probe, outcome))
+    return out
+
+
+class EvidenceUpdate:
+    """A `Reranker` (see `session.py`) over the map's evidence; see the module docstring."""
+
+    def __init__(
+        self,
+        evidence: EvidenceSource,
+        temperature: float = 0.05,
+        answer_model: AnswerModel | None = None,
+    ) -> None:
+        self.evidence = evidence
+        self.temperature = temperature
+        self.model = answer_model or AnswerModel()
+
+    def log_likelihoods(
+        self, place_ids: Sequence[str], seen: Sequence[tuple[Question, Outcome]]
+    ) -> list[float]:
+        """ln P(all the answers | place), per place."""
+        evidence = self.evidence.get_many(place_ids)
+        total = [0.0] * len(place_ids)
+        for probe, outcome in seen:
+            ls = [self.model.likelihood(ev, probe, outcome) for ev in evidence]
+            known = [x for x in ls if x is not None]
+            neutral = statistics.median(known) if known else 1.0
+            for i, x in enumerate(ls):
+                total[i] += math.log(x if x is not None else neutral)
+        return total
+
+    def __call__(
+        self, ranking: Sequence[PlaceHit], questions: Sequence[Question], answers: Sequence[str]
+    ) -> list[PlaceHit]:
+        """The ranking re-sorted by updated score (stable for ties), ranks renumbered."""
+        seen = observations(questions, answers)
+        if not seen or not ranking:
+            return list(ranking)
+        logl = self.log_likelihoods([h.place_id for h in ranking], seen)
+        scored = sorted(
+            (
+                (h.score + self.temperature * ll, i, h)
+                for i, (h, ll) in enumerate(zip(ranking, logl, strict=True))
+            ),
+            key=lambda t: (-t[0], t[1]),
+        )
+        return [replace(h, score=s, rank=r + 1) for r, (s, _, h) in enumerate(scored)]
