@@ -205,7 +205,8 @@ def test_cancel_and_answer_update() -> None:
 
     seen: list[tuple[int, int]] = []
 
-    def reverse(ranking, questions, answers):
+    def reverse(ranking, questions, answers, description=""):
+        assert description == "A bank."
         seen.append((len(questions), len(answers)))
         return list(reversed(ranking))
 

@@ -112,7 +112,8 @@ def stated_values(answer: str, category: str, attribute: str) -> list[str]:
             continue
         for reading in (words, _about(words, category)):
             parsed = parse_question(reading)
-            if parsed is None or parsed.negated:
+            # "It has no awnings." states the value none; any other negation states nothing
+            if parsed is None or (parsed.negated and parsed.question.value != "none"):
                 continue
             q = parsed.question
             if (q.category, q.attribute) == (category, attribute) and q.value:
@@ -166,4 +167,37 @@ def settled(questions: Sequence[Question], answers: Sequence[str]) -> set[tuple[
             continue  # "yes, there is one": its attributes are still open
         else:
             out.add((probe.category, probe.attribute))
+    return out
+
+
+_CLAUSES = re.compile(
+    r"[.;,!?]|\b(?:and|next to|beside|besides|across from|opposite|near|behind|in front of"
+    r"|to the (?:left|right) of|between)\b",
+    re.IGNORECASE,
+)
+
+
+def described(description: str) -> list[tuple[Question, Outcome]]:
+    """What a description states, as (probe, outcome) observations: every category it
+    names is there (unless said not to be: "no trees"), and every clause about one
+    category that the parser reads as a statement ("a red brick bank") is a "yes" to that
+    value. People describe before they are asked; the robot listens the same way."""
+    from dlgpr_core.dialogue.lexicon import ROBOT_LEXICON
+    from dlgpr_core.dialogue.questions import presence_question
+    from dlgpr_core.synth.terms import find_terms
+
+    out: list[tuple[Question, Outcome]] = []
+    text = description.strip()
+    if not text:
+        return out
+    for category in sorted(find_terms(text, ROBOT_LEXICON.categories)):
+        words = "|".join(re.escape(w) for w in ROBOT_LEXICON.categories[category])
+        negated = re.search(rf"\b(no|not any|without)\s+(\w+\s+)?({words})", text, re.I)
+        out.append((presence_question(category), ("absent",) if negated else ("present",)))
+    for clause in _CLAUSES.split(text):
+        parsed = parse_question(clause) if clause and clause.strip() else None
+        if parsed is None or parsed.negated or parsed.question.kind != "attribute":
+            continue
+        if parsed.question.value is not None:
+            out.append((parsed.question, ("yes",)))
     return out

@@ -9,7 +9,9 @@ softmax(score / temperature), that is adding temperature * ln P to each score.
 
 Answers it cannot read, and places without evidence, are not penalised: such a place gets,
 for each answer, the median likelihood of the places that have evidence, so being unseen
-neither helps nor hurts it.
+neither helps nor hurts it. What the first description states ("a bank with a phone booth
+beside it": both are there) is read the same way (`answers.described`), so the update starts
+at round 0.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from dlgpr_core.dialogue.answer_model import AnswerModel
-from dlgpr_core.dialogue.answers import Outcome, probe_of, read_answer
+from dlgpr_core.dialogue.answers import Outcome, described, probe_of, read_answer
 from dlgpr_core.dialogue.questions import Question
 from dlgpr_core.evidence.knowledge import EvidenceSource
 from dlgpr_core.mapdb.report import PlaceHit
@@ -47,10 +49,12 @@ class EvidenceUpdate:
         evidence: EvidenceSource,
         temperature: float = 0.05,
         answer_model: AnswerModel | None = None,
+        use_description: bool = True,
     ) -> None:
         self.evidence = evidence
         self.temperature = temperature
         self.model = answer_model or AnswerModel()
+        self.use_description = use_description
 
     def log_likelihoods(
         self, place_ids: Sequence[str], seen: Sequence[tuple[Question, Outcome]]
@@ -67,10 +71,17 @@ class EvidenceUpdate:
         return total
 
     def __call__(
-        self, ranking: Sequence[PlaceHit], questions: Sequence[Question], answers: Sequence[str]
+        self,
+        ranking: Sequence[PlaceHit],
+        questions: Sequence[Question],
+        answers: Sequence[str],
+        description: str = "",
     ) -> list[PlaceHit]:
-        """The ranking re-sorted by updated score (stable for ties), ranks renumbered."""
+        """The ranking re-sorted by updated score (stable for ties), ranks renumbered.
+        With `use_description`, what the description states counts as observations too."""
         seen = observations(questions, answers)
+        if self.use_description:
+            seen = described(description) + seen
         if not seen or not ranking:
             return list(ranking)
         logl = self.log_likelihoods([h.place_id for h in ranking], seen)

@@ -143,6 +143,8 @@ def _street(t: str, is_open: bool, lx: Lexicon) -> Question | None:
 
 
 def _element(t: str, cat: str, names: set[str], is_open: bool, lx: Lexicon) -> Question | None:
+    if cat == "crosswalk":
+        return _crosswalk(t, is_open)
     if names:
         return attribute_question(cat, "name", _one(names)) if len(names) == 1 else None
     if _words(t, "sign", "name", "called", "named", "say", "read"):
@@ -190,6 +192,23 @@ def _element(t: str, cat: str, names: set[str], is_open: bool, lx: Lexicon) -> Q
     if material:
         return attribute_question(cat, "material", material)
     return _prop(t, cat, is_open, lx)
+
+
+def _crosswalk(t: str, is_open: bool) -> Question | None:
+    """A crossing's only attribute is its style (its colour words name the style)."""
+    styles = [
+        v
+        for v, words in (
+            ("white zebra crossing", ("zebra", "white")),
+            ("yellow-striped crossing", ("yellow",)),
+        )
+        if _words(t, *words)
+    ]
+    if len(styles) == 1:
+        return attribute_question("crosswalk", "style", styles[0])
+    if is_open and _words(t, "style", "kind", "type", "look"):
+        return attribute_question("crosswalk", "style")
+    return None
 
 
 def _part(t: str, cat: str) -> str | None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from dlgpr_core.dialogue.belief import softmax_belief
 from dlgpr_core.dialogue.questions import Question
@@ -36,10 +36,20 @@ from dlgpr_core.dialogue.state import (
 )
 from dlgpr_core.mapdb.report import PlaceHit
 
-Reranker = Callable[[Sequence[PlaceHit], Sequence[Question], Sequence[str]], list[PlaceHit]]
-"""The answer update: reranker(ranking, questions, answers) -> the ranking re-scored by what
-the answers say (e.g. `consistency.FactConsistencyReranker`); None keeps the paper's
-text-only update (answers only extend the query)."""
+
+class Reranker(Protocol):
+    """The answer update: the ranking re-scored by what the person said (the description
+    and the answers to the questions), e.g. `evidence_update.EvidenceUpdate`; None keeps the
+    paper's text-only update (answers only extend the query)."""
+
+    def __call__(
+        self,
+        ranking: Sequence[PlaceHit],
+        questions: Sequence[Question],
+        answers: Sequence[str],
+        description: str = "",
+    ) -> list[PlaceHit]: ...
+
 
 Clock = Callable[[], float]
 """Seconds on a monotonic clock; only differences are used (time-outs)."""
@@ -267,7 +277,7 @@ class DialogueSession:
             return self._stale("stale_candidates", f"ranking for round {ev.round}")
         ranking = tuple(ev.ranking)
         if self.reranker is not None:
-            ranking = tuple(self.reranker(ranking, s.questions, s.answers))
+            ranking = tuple(self.reranker(ranking, s.questions, s.answers, description=s.d0))
         scores = [h.score for h in ranking[: cfg.top_k]]
         self.state = replace(
             s, ranking=ranking, belief=tuple(softmax_belief(scores, cfg.temperature))
