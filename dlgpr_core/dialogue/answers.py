@@ -32,7 +32,11 @@ _NO = re.compile(
     r"^\s*(no|nope|nah|not|there is no|there are no|there isn't|there aren't|i don't think)\b",
     re.IGNORECASE,
 )
-_ABSENT = re.compile(r"\bthere (is|are|was|were) no\b|\bno (such|\w+ at all)\b", re.IGNORECASE)
+_ABSENT = re.compile(
+    r"\b(there (is|are|was|were)|there's|theres|theirs|there're) no\b|\bno (such|\w+ at all)\b"
+    r"|\b(isn't|aren't|wasn't|weren't) (one|any)\b|\bdon't see (a|an|any)\b",
+    re.IGNORECASE,
+)
 _UNKNOWN = re.compile(
     r"^\s*(i don't know|i do not know|don't know|not sure|no idea|i can't (say|tell|remember)"
     r"|i didn't (notice|see|look))",
@@ -106,7 +110,8 @@ def stated_values(answer: str, category: str, attribute: str) -> list[str]:
     """Values of `category`'s `attribute` that the answer's sentences state, in order."""
     out: list[str] = []
     for sentence in _SENTENCES.split(answer):
-        words = re.sub(r"^\s*(yes|no|nope|yeah|yep)\b[,.!]?\s*", "", sentence, flags=re.I)
+        # a leading "No," / "Yes." is the polarity, not part of the statement ("no awnings" is)
+        words = re.sub(r"^\s*(yes|no|nope|yeah|yep)\b([,.!]\s*|\s*$)", "", sentence, flags=re.I)
         words = _HEDGES.sub("", words)
         if not words.strip():
             continue
@@ -149,7 +154,10 @@ def read_answer(question: Question, answer: str) -> Outcome | None:
         if values:
             return ("yes",) if probe.value in values else ("no", *values)
         return None
-    return ("value", *values) if values else None
+    if values:
+        return ("value", *values)
+    # "No." to "what is it like?": there is nothing to be like
+    return ("absent",) if polarity == "no" else None
 
 
 def settled(questions: Sequence[Question], answers: Sequence[str]) -> set[tuple[str, str | None]]:

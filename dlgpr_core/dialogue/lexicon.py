@@ -1,10 +1,12 @@
 """The robot's own English for reading questions and answers: words for categories and values.
 
 The robot understands people only as well as its vocabulary lets it. This lexicon is the
-robot's: the generator's (ontology) words plus common everyday synonyms, written here and
-never taken from the evaluation rephraser (`dlgpr_core.synth.rephrase.lexicon`), whose words
-the simulated people use; otherwise the measurement of how well the robot reads answers
-would be rigged. A simulated user parses with a lexicon of its own, built elsewhere.
+robot's: the generator's (ontology) words plus common everyday synonyms and hedged forms
+("reddish"), written here and never imported from the evaluation rephraser
+(`dlgpr_core.synth.rephrase.lexicon`), whose words the simulated people use; otherwise the
+measurement of how well the robot reads answers would be rigged. It was extended once after
+reading the validation city's unread answers (2026-12-02), never on the test city. A
+simulated user parses with a lexicon of its own, built elsewhere.
 """
 
 from __future__ import annotations
@@ -63,22 +65,22 @@ ROBOT_LEXICON = Lexicon(
         "hedge": ("hedge", "bushes"),
         "crosswalk": ("crosswalk", "zebra crossing", "crossing"),
     },
-    colours={
-        "red": ("red",),
-        "brown": ("brown",),
-        "yellow": ("yellow",),
-        "grey": ("grey", "gray"),
-        "white": ("white",),
-        "cream": ("cream",),
+    colours={  # with the usual -ish/-y forms people hedge colours with
+        "red": ("red", "reddish"),
+        "brown": ("brown", "brownish"),
+        "yellow": ("yellow", "yellowish"),
+        "grey": ("grey", "gray", "greyish", "grayish"),
+        "white": ("white", "whitish"),
+        "cream": ("cream", "creamy", "cream-coloured", "cream-colored"),
         "beige": ("beige", "tan"),
-        "pink": ("pink",),
+        "pink": ("pink", "pinkish"),
         "pale blue": ("pale blue", "light blue"),
-        "blue": ("blue",),
-        "green": ("green",),
-        "orange": ("orange",),
-        "black": ("black",),
+        "blue": ("blue", "bluish"),
+        "green": ("green", "greenish"),
+        "orange": ("orange", "orangey", "orangish"),
+        "black": ("black", "blackish"),
         "dark": ("dark",),
-        "silver": ("silver",),
+        "silver": ("silver", "silvery"),
     },
     materials={
         "brick": ("brick",),
@@ -91,14 +93,14 @@ ROBOT_LEXICON = Lexicon(
         "white marble": ("marble",),
     },
     pavements={
-        "grey paving slabs": ("grey paving slabs", "paving slabs"),
-        "red brick paving": ("red brick paving", "brick paving"),
-        "plain asphalt": ("plain asphalt", "asphalt"),
+        "grey paving slabs": ("grey paving slabs", "paving slabs", "flagstones", "paving stones"),
+        "red brick paving": ("red brick paving", "brick paving", "bricks"),
+        "plain asphalt": ("plain asphalt", "asphalt", "tarmac"),
         "cobblestones": ("cobblestones", "cobbles"),
     },
     species={
         "plane tree": ("plane tree", "plane"),
-        "linden tree": ("linden tree", "linden"),
+        "linden tree": ("linden tree", "linden", "lime tree"),
         "birch": ("birch",),
         "pine tree": ("pine tree", "pine"),
     },
