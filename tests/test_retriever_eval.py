@@ -8,6 +8,7 @@ images.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -180,13 +181,48 @@ def test_static_eval_writes_markdown_and_json(
 ) -> None:
     table = static_eval({"cmpl": encoder}, city, [CITY], ["generator", "caption"], rerank_top=5)
     md, js = table.write(tmp_path / "res" / "static_eval")
-    assert md.read_text().startswith("| encoder | city | variant")
+    text = md.read_text()
+    assert text.startswith("| encoder | city | variant")
+    assert "| place R@1 |" in text and "| image R@10 |" in text
     assert [(r.city, r.variant) for r in table.rows] == [(CITY, "generator"), (CITY, "caption")]
     for row in table.rows:
-        r = row.recall
-        assert all(0.0 <= v <= 1.0 for v in r.values())
-        assert r["R@1"] <= r["R@5"] <= r["R@10"] == 1.0  # 6 places: R@10 covers them all
-    assert '"R@1"' in js.read_text()
+        p, i = row.place_recall, row.image_recall
+        assert all(0.0 <= v <= 1.0 for v in [*p.values(), *i.values()])
+        assert p["R@1"] <= p["R@5"] <= p["R@10"] == 1.0  # 6 places: R@10 covers them all
+        assert i["R@1"] <= i["R@5"] <= i["R@10"]
+        assert all(i[k] <= p[k] for k in p)  # a place ahead puts an image ahead
+    payload = json.loads(js.read_text())
+    assert set(payload["rows"][0]) >= {"place_recall", "image_recall"}
+    assert "image R@k" in payload["meta"]["protocol"]
+
+
+def test_cli_eval_prints_labelled_place_and_image_recall(
+    tmp_path: Path, city: Path, ckpt: Path
+) -> None:
+    out = tmp_path / "cli_eval"
+    result = CliRunner().invoke(
+        app,
+        [
+            "retriever",
+            "eval",
+            "--data",
+            str(city),
+            "--cities",
+            CITY,
+            "--encoder",
+            f"cmpl:{ckpt}",
+            "--variants",
+            "generator",
+            "--rerank-top",
+            "5",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    head = next(line for line in result.output.splitlines() if line.startswith("| encoder"))
+    assert "| place R@1 | place R@5 | place R@10 | image R@1 | image R@5 | image R@10 |" in head
+    assert "image R@k: an image of the target place" in result.output
 
 
 def test_cli_help() -> None:

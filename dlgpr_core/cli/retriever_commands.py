@@ -35,7 +35,11 @@ def retriever_eval(
     seed: Annotated[int, typer.Option(help="Seed of the rephrased query variants.")] = 0,
     max_places: Annotated[int | None, typer.Option(min=1, help="Places per city.")] = None,
 ) -> None:
-    """Static R@1/5/10 per encoder, city and query variant (Table 2 protocol)."""
+    """Static place R@1/5/10 and image R@1/5/10 per encoder, city and query variant.
+
+    Place R@k: the target place among the k best distinct places; image R@k: an image of the
+    target place among the k best images (the paper's Table 2). Ties count against the target.
+    """
     from dlgpr_core.retriever.static_eval import static_eval
 
     encoders = {spec: load_encoder(spec) for spec in split(encoder)}
@@ -49,7 +53,8 @@ def retriever_eval(
         max_places=max_places,
     )
     md, js = table.write(out)
-    console.print(table.to_markdown())
+    # soft_wrap: a Markdown table broken at the terminal width is no longer a table
+    console.print(table.to_markdown(), soft_wrap=True)
     console.print(f"wrote {md} and {js}")
 
 
@@ -81,5 +86,5 @@ def retriever_ablation(
         rerank_top=rerank_top,
     )
     md, js = table.write(out, first_column="row")
-    console.print(table.to_markdown(first_column="row"))
+    console.print(table.to_markdown(first_column="row"), soft_wrap=True)
     console.print(f"wrote {md} and {js}")
