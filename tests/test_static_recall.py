@@ -1,15 +1,21 @@
-"""Static recall counting.
+"""Static recall counting and where a training run may select its checkpoint.
 
-Two evaluation flaws, each pinned by hand-made numbers:
+Three evaluation flaws, each pinned by hand-made numbers:
 
 * ties must count against the target (a collapsed encoder must not score a perfect recall);
 * place R@k (distinct places ranked by their best image) and image R@k (the paper's Table 2:
-  an image of the target among the top-k images) are different numbers, both reported.
+  an image of the target among the top-k images) are different numbers, both reported;
+* "best" checkpoints are selected on the validation city (Valburg), never on the test city
+  the tables report (Testburg): a config or caller that would do so is refused.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pytest
+import yaml
 
 from dlgpr_core.encoders.evaluate import (
     image_ranks,
@@ -18,7 +24,20 @@ from dlgpr_core.encoders.evaluate import (
     place_recall_from_embeddings,
     recall_from_embeddings,
 )
-from dlgpr_core.retriever.static_eval import EvalRow, EvalTable
+from dlgpr_core.retriever.static_eval import EvalRow, EvalTable, run_ablation
+from dlgpr_core.retriever.train import CONFIG_DUMP, ConfigError, TrainConfig
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "training" / "configs"
+ABLATION = CONFIGS / "ablation"
+RETRIEVER_CONFIGS = sorted(
+    [
+        *CONFIGS.glob("synth_*.yaml"),
+        CONFIGS / "paper_vitb16.yaml",
+        *ABLATION.glob("*.yaml"),
+    ]
+)
+
 
 # -- ties count against the target -----------------------------------------------------------
 
@@ -98,3 +117,53 @@ def test_tables_label_place_and_image_recall() -> None:
     )
     assert md.splitlines()[2] == "| enc | City | generator | 3 | 5 | 50.0 | 100.0 | 25.0 | 75.0 |"
     assert "image R@k: an image of the target place" in md
+
+
+# -- selection never on the test city ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", RETRIEVER_CONFIGS, ids=lambda p: p.relative_to(CONFIGS).as_posix())
+def test_no_shipped_config_validates_or_trains_on_a_test_city(path: Path) -> None:
+    cfg = TrainConfig.from_yaml(path)
+    test = {c.lower() for c in cfg.test_cities}
+    assert test, "a config must name the cities it keeps held out"
+    assert not {c.lower() for c in cfg.val_cities} & test
+    assert not {c.lower() for c in cfg.train_cities} & test
+    if cfg.data_root == Path("data/synth"):
+        # SynthCities: validate on Valburg when validating on a city; Testburg held out
+        assert "testburg" in test
+        assert cfg.val_cities in ([], ["Valburg"])
+
+
+def test_a_config_that_validates_on_the_test_city_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"validation cities \['Testburg'\] are test cities"):
+        TrainConfig.from_yaml(CONFIGS / "synth_default.yaml", ["val_cities=[Testburg]"])
+    with pytest.raises(ConfigError, match="validation cities"):
+        TrainConfig.from_yaml(CONFIGS / "synth_default.yaml", ["val_cities=[testburg]"])
+    with pytest.raises(ConfigError, match=r"validation cities \['Valburg'\]"):
+        TrainConfig.from_yaml(CONFIGS / "synth_default.yaml", ["test_cities=[Valburg]"])
+    # no val city: validation is a split of the training places, so those are checked too
+    with pytest.raises(ConfigError, match=r"training cities \['Testburg'\]"):
+        TrainConfig.from_yaml(
+            CONFIGS / "synth_tiny.yaml", ["train_cities=[Testburg]", "val_cities=[]"]
+        )
+
+
+def test_the_ablation_refuses_to_report_on_the_city_it_selects_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_training(*_: object, **__: object) -> None:
+        raise AssertionError("a refused row must not train")
+
+    monkeypatch.setattr("dlgpr_core.retriever.train.train", no_training)
+    out = [f"out_dir={tmp_path / 'row'}"]
+    # evaluating on Valburg, where best/ is selected
+    with pytest.raises(ConfigError, match=r"validation cities \['Valburg'\]"):
+        run_ablation(ABLATION, train=True, overrides=out, cities=["Valburg"], rows=["baseline"])
+    # a run directory left by a run that validated on Testburg, the default evaluation city
+    run_dir = tmp_path / "row"
+    (run_dir / "best").mkdir(parents=True)
+    dump = {"train_cities": ["Trainville"], "val_cities": ["Testburg"]}
+    (run_dir / CONFIG_DUMP).write_text(yaml.safe_dump(dump), encoding="utf-8")
+    with pytest.raises(ConfigError, match="an earlier run"):
+        run_ablation(ABLATION, train=True, overrides=out, rows=["baseline"])

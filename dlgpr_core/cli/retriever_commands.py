@@ -68,7 +68,11 @@ def retriever_ablation(
         "results/ablation"
     ),
     cities: Annotated[
-        list[str] | None, typer.Option(help="Evaluation cities (default: each config's).")
+        list[str] | None,
+        typer.Option(
+            help="Evaluation cities (default: each config's test_cities). A row that "
+            "validates or trains on one of them is refused."
+        ),
     ] = None,
     override: Annotated[
         list[str] | None, typer.Option(help="Dotted key=value for every row's config.")

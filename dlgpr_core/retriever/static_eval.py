@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from dlgpr_core.data.annotations import read_annotations
 from dlgpr_core.data.records import namespaced_place_id
@@ -210,6 +211,29 @@ def static_eval(
     return table
 
 
+def _refuse_run_selected_on(run_dir: Path, eval_cities: Sequence[str]) -> None:
+    """Refuse a run directory whose saved config trained or validated on an evaluation city.
+
+    The row's YAML may have been fixed since the run (e.g. validation moved off the test
+    city), but an old ``best/`` was still selected the old way, and training would resume
+    it: the configs the run saved (the run directory and ``last/`` each keep one; ``best/``
+    holds weights only) are what count.
+    """
+    from .train import CONFIG_DUMP
+    from .train.params import refuse_selection_on_test_cities
+
+    for dump in (run_dir / CONFIG_DUMP, run_dir / "last" / CONFIG_DUMP):
+        if not dump.is_file():
+            continue
+        saved = yaml.safe_load(dump.read_text(encoding="utf-8")) or {}
+        refuse_selection_on_test_cities(
+            list(saved.get("train_cities") or []),
+            list(saved.get("val_cities") or []),
+            eval_cities,
+            source=f"{dump} (an earlier run; remove {run_dir} and train again)",
+        )
+
+
 def run_ablation(
     config_dir: str | Path,
     *,
@@ -220,7 +244,12 @@ def run_ablation(
     **kwargs: Any,
 ) -> EvalTable:
     """Table 3: for each row's YAML, optionally train it (`train(TrainConfig)`), then evaluate
-    its best checkpoint (else its last) on ``cities`` (default: the config's val cities)."""
+    its best checkpoint (else its last) on ``cities`` (default: the config's test cities).
+
+    "best" is selected on the config's validation cities, so a row whose validation (or
+    training) cities include an evaluation city is refused before anything is trained or
+    read: its number would be selected on the city it reports.
+    """
     from dlgpr_core.encoders.factory import create_encoder
 
     from .train import TrainConfig
@@ -230,6 +259,11 @@ def run_ablation(
     table = EvalTable(meta={"config_dir": str(config_dir), "train": train, "rows": list(rows)})
     for row in rows:
         config = TrainConfig.from_yaml(config_dir / f"{row}.yaml", list(overrides))
+        eval_cities = list(cities or config.test_cities)
+        if not eval_cities:
+            raise ValueError(f"ablation row {row!r}: no evaluation city (pass cities=...)")
+        config.refuse_test_cities(eval_cities)
+        _refuse_run_selected_on(config.out_dir, eval_cities)
         if train:
             train_fn(config)
         ckpt = next(
@@ -239,8 +273,10 @@ def run_ablation(
             raise FileNotFoundError(
                 f"ablation row {row!r}: no checkpoint under {config.out_dir}; run with --train"
             )
-        eval_cities = list(cities or config.val_cities or config.train_cities)
         enc = create_encoder(f"cmpl:{ckpt}")
         table.meta.setdefault("checkpoints", {})[row] = str(ckpt)
+        # Where "best" was selected and where it is reported: never the same city.
+        table.meta.setdefault("selected_on", {})[row] = list(config.val_cities)
+        table.meta.setdefault("evaluated_on", {})[row] = eval_cities
         table.rows += evaluate_encoder(enc, row, config.data_root, eval_cities, **kwargs)
     return table

@@ -18,7 +18,34 @@ from dlgpr_core.config import ConfigError, explain_validation_error, parse_overr
 from ..config import ABLATION_PRESETS, CMPLConfig, ablation_preset
 from ..data import AugmentConfig
 
-__all__ = ["ConfigError", "TrainConfig"]
+__all__ = ["ConfigError", "TrainConfig", "refuse_selection_on_test_cities"]
+
+
+def refuse_selection_on_test_cities(
+    train_cities: Sequence[str],
+    val_cities: Sequence[str],
+    test_cities: Sequence[str],
+    source: str = "the training config",
+) -> None:
+    """Raise a ConfigError when a test city is among the training or validation cities.
+
+    Validation selects the "best" checkpoint (and the reader picks settings by it), so a
+    number reported on a city that validation read is a selected number, not a held-out one.
+    With ``val_cities`` empty, validation is a fraction of the training places, so training
+    cities are checked as well. Case-insensitive, as city directories are on some systems.
+    ``source`` names what is refused (a config, or a checkpoint's saved config).
+    """
+    test = {c.lower() for c in test_cities}
+    for role, cities in (("validation", val_cities), ("training", train_cities)):
+        clash = sorted(c for c in cities if c.lower() in test)
+        if clash:
+            raise ConfigError(
+                f"{source}: {role} cities {clash} are test cities "
+                f"(test cities: {list(test_cities)}); selecting a checkpoint on a held-out "
+                "city makes its number a selected one. Validate on a separate city "
+                "(SynthCities: Valburg, 300 places, seed 3) and keep the test city for the "
+                "final evaluation only."
+            )
 
 
 class TrainConfig(BaseModel):
@@ -31,6 +58,10 @@ class TrainConfig(BaseModel):
     data_root: Path
     train_cities: list[str] = Field(min_length=1)
     val_cities: list[str] = Field(default_factory=list)
+    # Cities whose numbers are reported as held-out results. Validation picks the "best"
+    # checkpoint, so validating on one of them would make its number a selected one; a
+    # config that does so is refused (see `_held_out_cities_stay_unseen`).
+    test_cities: list[str] = Field(default_factory=lambda: ["Testburg"])
     val_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     max_places_per_city: int | None = Field(default=None, ge=1)
     caption_prob: float = Field(default=0.0, ge=0.0, le=1.0)
@@ -95,6 +126,21 @@ class TrainConfig(BaseModel):
                 )
             self.model = ablation_preset(self.ablation, self.model)
         return self
+
+    @model_validator(mode="after")
+    def _held_out_cities_stay_unseen(self) -> TrainConfig:
+        """Every way of building a run (YAML, overrides, a dumped config) passes here, so no
+        run can select its checkpoint on a city it also reports as held out."""
+        self.refuse_test_cities(self.test_cities)
+        return self
+
+    def refuse_test_cities(self, test_cities: Sequence[str]) -> None:
+        """Raise a ConfigError when a test city would be trained or validated on.
+
+        Callers that evaluate on cities of their own (`run_ablation`) pass them here before
+        training and before reading "best"; see `refuse_selection_on_test_cities`.
+        """
+        refuse_selection_on_test_cities(self.train_cities, self.val_cities, test_cities)
 
     # -- YAML ---------------------------------------------------------------------------------
 
