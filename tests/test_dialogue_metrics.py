@@ -21,8 +21,11 @@ from dlgpr_core.dialogue.metrics import (
     ndcg_gain,
     positive_ranks,
     prg,
+    prg_from_scores,
+    prg_place_rank,
     rid,
     semantic_ambiguity,
+    target_image_ranks,
 )
 
 
@@ -150,6 +153,59 @@ def test_prg_zero_when_previous_is_ideal():
     assert prg([2, 1], [5, 9]) == 0.0
     assert prg([1], [1]) == 0.0
     assert ndcg_gain([2, 1], [5, 9]) == pytest.approx((c(5) + c(9) - c(1) - c(2)) / (c(1) + c(2)))
+
+
+def _scores_for(ranks: dict[int, int], n: int) -> list[float]:
+    """Scores over n images that put image i at 1-indexed position ranks[i] (the others fill
+    the remaining positions in index order)."""
+    free = iter(sorted(set(range(1, n + 1)) - set(ranks.values())))
+    pos = [ranks[i] if i in ranks else next(free) for i in range(n)]
+    return [float(n - r) for r in pos]
+
+
+def test_prg_sums_over_every_positive_image_hand_computed():
+    """Eq. 2 with a 3-image target among 10 images: ranks [2, 5, 9] -> [1, 3, 4].
+
+    G_prev = c(2) + c(5) + c(9) = 0.630930 + 0.386853 + 0.301030 = 1.318813
+    G_new  = c(1) + c(3) + c(4) = 1 + 0.5 + 0.430677 = 1.930677
+    G*     = c(1) + c(2) + c(3) = 2.130930
+    PRG    = (1.930677 - 1.318813) / (2.130930 - 1.318813) = 0.753419
+    """
+    expected = (c(1) + c(3) + c(4) - c(2) - c(5) - c(9)) / (c(1) + c(2) + c(3) - c(2) - c(5) - c(9))
+    assert expected == pytest.approx(0.753419, abs=1e-6)
+    mask = [i < 3 for i in range(10)]  # images 0, 1, 2 belong to the target place
+    before = _scores_for({0: 2, 1: 5, 2: 9}, 10)
+    after = _scores_for({0: 1, 1: 3, 2: 4}, 10)
+    assert positive_ranks(before, mask).tolist() == [2, 5, 9]
+    assert positive_ranks(after, mask).tolist() == [1, 3, 4]
+    assert prg_from_scores(before, after, mask) == pytest.approx(expected)
+    assert prg([2, 5, 9], [1, 3, 4]) == pytest.approx(expected)
+    # The same round seen through the place rank only (best image 2 -> 1) claims all of it:
+    assert prg_place_rank(2, 1) == pytest.approx(1.0)
+    # ... and a round that lifts the best image to the top while the other two fall far
+    # ([2, 3, 4] -> [1, 50, 60]) is a loss by Eq. 2 but a full gain by the place rank:
+    # G_prev = 0.630930 + 0.5 + 0.430677 = 1.561606 > G_new = 1 + 0.176291 + 0.168613;
+    # G* - G_prev = c(1) - c(4) (c(2) and c(3) are in both), PRG = -0.380630.
+    worse = (c(1) + c(50) + c(60) - c(2) - c(3) - c(4)) / (c(1) - c(4))
+    assert prg([2, 3, 4], [1, 50, 60]) == pytest.approx(worse)
+    assert worse == pytest.approx(-0.380630, abs=1e-6)
+
+
+def test_target_image_ranks_from_a_ranked_image_list():
+    ranked = ["b", "t", "a", "a", "t", "c", "t"]  # the place of each image hit, best first
+    assert target_image_ranks(ranked, "t", 3).tolist() == [2, 5, 7]
+    # a top-k list missing two of the target's images: they come right after the list
+    assert target_image_ranks(ranked[:4], "t", 3).tolist() == [2, 5, 6]
+    assert target_image_ranks(["a"], "t", 2).tolist() == [2, 3]
+    with pytest.raises(ValueError, match="more than n_positives"):
+        target_image_ranks(ranked, "t", 2)
+    with pytest.raises(ValueError, match="n_positives"):
+        target_image_ranks(ranked, "t", 0)
+
+
+def test_prg_place_rank_is_the_one_positive_case():
+    assert prg_place_rank(4, 2) == pytest.approx((c(2) - c(4)) / (1 - c(4)))
+    assert prg_place_rank(1, 3) == 0.0  # already at the top: nothing left to gain
 
 
 # ----------------------------------------------------------------- SA / DDI

@@ -29,6 +29,7 @@ from dlgpr_core.dialogue.dq_pilot import (
     parse_dq_output,
 )
 from dlgpr_core.dialogue.engine import DialogueEngine
+from dlgpr_core.dialogue.metrics import prg, prg_place_rank
 from dlgpr_core.dialogue.questioners import InfoGainQuestioner
 from dlgpr_core.dialogue.state import DialogueConfig
 from dlgpr_core.dq_training.examples import (
@@ -42,7 +43,7 @@ from dlgpr_core.dq_training.hf_dataset import to_hf_dataset
 from dlgpr_core.dq_training.lexical_search import LexicalSearch
 from dlgpr_core.dq_training.rewards import RetrievalGainReward, format_ok, format_reward
 from dlgpr_core.evaluation.oracle import oracle_source
-from dlgpr_core.mapdb.report import PlaceHit
+from dlgpr_core.mapdb.report import ImageHit, PlaceHit
 from dlgpr_core.synth.city import generate_city
 from dlgpr_core.users.fact import FactUser
 
@@ -237,6 +238,88 @@ def test_retrieval_gain_reward_hand_computed(city: tuple[Path, dict[str, PlaceAn
     assert out == pytest.approx([up, 0.0, down, 0.0, 0.0], abs=1e-9)
     # the "before" query of the four first completions was searched once (cache)
     assert (d0, target) in reward._cache
+
+
+def _image_hit(rank: int, place_id: str) -> ImageHit:
+    return ImageHit(
+        rank, 1.0 - 0.01 * rank, rank, "", place_id, 0.0, 0.0, None, None, "Dqtown", "/"
+    )
+
+
+def test_retrieval_gain_reward_sums_over_every_image_of_the_target(
+    city: tuple[Path, dict[str, PlaceAnnotation]],
+) -> None:
+    """R_prg from an image search (Eq. 2): the target's 3 images among 12, scripted.
+
+    Before (no answer): images at [2, 5, 9]; after a "Yes": [1, 3, 4]; after "I don't know.":
+    [3, 6, 10].  G_prev = c(2)+c(5)+c(9) = 1.318813, G* = c(1)+c(2)+c(3) = 2.130930:
+    up = (1 + 0.5 + 0.430677 - 1.318813) / 0.812117 = 0.753419,
+    down = (0.5 + 0.356207 + 0.289065 - 1.318813) / 0.812117 = -0.213689.
+    """
+    _, by_id = city
+    target = sorted(by_id)[0]
+    place = by_id[target]
+    present = sorted({e.category for e in place.elements} - {"street"})[0]
+
+    def positions(text: str) -> list[int]:
+        if "Yes" in text:
+            return [1, 3, 4]
+        if "I don't know" in text:
+            return [3, 6, 10]
+        return [2, 5, 9]
+
+    def image_search(text: str, k: int) -> list[ImageHit]:
+        own = set(positions(text))
+        return [_image_hit(r, target if r in own else "Dqtown:other") for r in range(1, 13)][:k]
+
+    def no_place_search(text: str, k: int) -> list[PlaceHit]:
+        raise AssertionError("with an image search, R_prg must not use place ranks")
+
+    reward = RetrievalGainReward(
+        by_id, no_place_search, search_k=6, image_search=image_search, image_search_k=12
+    )
+    c = [0.0] + [1 / math.log2(r + 1) for r in range(1, 13)]  # c[r] = 1/log2(r+1)
+    g_prev, g_star = c[2] + c[5] + c[9], c[1] + c[2] + c[3]
+    up = (c[1] + c[3] + c[4] - g_prev) / (g_star - g_prev)
+    down = (c[3] + c[6] + c[10] - g_prev) / (g_star - g_prev)
+    assert up == pytest.approx(0.753419, abs=1e-6) and down == pytest.approx(-0.213689, abs=1e-6)
+    completions = [
+        f"<think>x</think><question>Is there a {present}?</question>",
+        "<think>x</think><question>What is the name of the street?</question>",
+    ]
+    out = reward(
+        completions, target=[target] * 2, d0=["A street."] * 2, questions=[[]] * 2, answers=[[]] * 2
+    )
+    assert out == pytest.approx([up, down], abs=1e-9)
+    assert reward.image_ranks("A street.", target) == [2, 5, 9]
+    with pytest.raises(ValueError, match="image_search_k"):
+        RetrievalGainReward(by_id, no_place_search, 6, image_search=image_search)
+
+
+def test_teacher_prg_uses_image_ranks_when_an_image_search_is_given(
+    examples: list[DQExample], city: tuple[Path, dict[str, PlaceAnnotation]]
+) -> None:
+    """Every place shown as two images (its place rank r puts them at 2r-1 and 2r): the
+    teacher PRG must be Eq. 2 over both images, not the place-rank stand-in."""
+    root, by_id = city
+    places = sorted(by_id.values(), key=lambda p: p.place_id)
+    search = LexicalSearch(places, root)
+
+    def two_images_per_place(text: str, k: int) -> list[ImageHit]:
+        hits = [h.place_id for h in search(text, len(places)) for _ in range(2)]
+        return [_image_hit(i + 1, pid) for i, pid in enumerate(hits)][:k]
+
+    built = build_examples(
+        places, search, DATA_CFG, image_search=two_images_per_place, image_search_k=20
+    )
+    assert [e.example_id for e in built] == [e.example_id for e in examples]
+    differs = 0
+    for ex, plain in zip(built, examples, strict=True):
+        p, n = ex.prev_rank, ex.next_rank
+        assert ex.teacher_prg == pytest.approx(prg([2 * p - 1, 2 * p], [2 * n - 1, 2 * n]))
+        assert plain.teacher_prg == pytest.approx(prg_place_rank(p, n))  # no image search
+        differs += not math.isclose(ex.teacher_prg, plain.teacher_prg)
+    assert differs > 0  # the two definitions really disagree on some rounds
 
 
 # ---------------------------------------------------------------- SFT -> GRPO -> questioner

@@ -250,7 +250,14 @@ def examples_path(cfg: DQTrainConfig) -> Path:
 def get_examples(
     cfg: DQTrainConfig, places: Sequence[PlaceAnnotation], search: SearchFn, search_k: int
 ) -> list[DQExample]:
-    """Read the examples file, building it first when missing (rank 0 only)."""
+    """Read the examples file, building it first when missing (rank 0 only).
+
+    Teacher PRG here is the place-rank stand-in (`prg_place_rank`): `make_search` gives a
+    place search only (lexical: one description per place, no images; map: places ranked by
+    their best image, fine re-ranked for CMPL), so no image ranks exist for Eq. 2.
+    `build_examples(image_search=...)` takes them once an image search with the same
+    re-ranking is available.
+    """
     path = examples_path(cfg)
     if not path.exists():
         if int(os.environ.get("RANK", "0")) != 0:
@@ -358,7 +365,12 @@ def run_grpo(
     search: SearchFn,
     search_k: int,
 ) -> Path:
-    """GRPO from the SFT adapter with R = alpha * R_prg + beta * R_fmt (paper Eq. 9)."""
+    """GRPO from the SFT adapter with R = alpha * R_prg + beta * R_fmt (paper Eq. 9).
+
+    R_prg is the place-rank stand-in of Eq. 2 (`prg_place_rank`): `search` ranks places, not
+    images (see `get_examples`); `RetrievalGainReward(image_search=...)` computes Eq. 2 over
+    the target's image ranks where an image search exists.
+    """
     from peft import PeftModel
     from trl import GRPOConfig, GRPOTrainer
 

@@ -10,7 +10,9 @@ Rank conventions (two, because the sources use two):
 * ``best_rank`` / Recall / BRI use **0-indexed** ranks of the best-ranked positive over the
   whole map (rank 0 = top-1), as in PlugIR's BRI and ChatIR's Recall.
 * ``gain`` / PRG use **1-indexed** ranks of *every* positive, because the nDCG contribution
-  c(r) = 1 / log2(r + 1) is defined on 1-indexed positions (c(1) = 1).
+  c(r) = 1 / log2(r + 1) is defined on 1-indexed positions (c(1) = 1). For PRG (Eq. 2) the
+  positives are all database images of the target place, ranked among all images;
+  `prg_place_rank` is the one-place-rank stand-in for callers that rank places only.
 
 Tie policy (both conventions): **pessimistic**. A positive whose score equals a negative's
 ranks after that negative. An optimistic policy would reward a collapsed retriever that gives
@@ -21,7 +23,7 @@ for the best rank and keeps the 1-indexed positions distinct, which the gain nee
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -206,6 +208,13 @@ def _prev_new(prev_ranks: npt.ArrayLike, new_ranks: npt.ArrayLike) -> tuple[IntA
 def prg(prev_ranks: npt.ArrayLike, new_ranks: npt.ArrayLike) -> float:
     """Positional Retrieval Gain (paper Eq. 2): (G_new - G_prev) / (G* - G_prev).
 
+    ``prev_ranks`` / ``new_ranks``: the 1-indexed rank of **every positive image** (all
+    database images of the target place, in the same order) before and after the round,
+    over the whole image ranking; G sums c(r) over them and G* puts them all at the top.
+    `positive_ranks` gives them from scores, `target_image_ranks` from a ranked image list;
+    `prg_from_scores` does both steps. A single place rank is not Eq. 2: see
+    `prg_place_rank`.
+
     The share of the gain still available before the round that the round recovered: 1 when
     every positive moves to the top. It is 0 when the previous ranks were already ideal (the
     ratio would be 0/0: nothing was left to gain). It is negative, with no lower bound of -1,
@@ -219,6 +228,51 @@ def prg(prev_ranks: npt.ArrayLike, new_ranks: npt.ArrayLike) -> float:
         return 0.0
     g_prev = gain(prev)
     return (gain(new) - g_prev) / (ideal_gain(prev.size) - g_prev)
+
+
+def prg_from_scores(
+    prev_scores: npt.ArrayLike, new_scores: npt.ArrayLike, positive_mask: npt.ArrayLike
+) -> float:
+    """Eq. 2 from two score vectors over all database images (before / after the round) and
+    the mask of the target place's images: each positive image's rank before and after
+    (`positive_ranks`, ties against the positives), then `prg`."""
+    return prg(
+        positive_ranks(prev_scores, positive_mask), positive_ranks(new_scores, positive_mask)
+    )
+
+
+def target_image_ranks(
+    ranked_image_places: Sequence[str], target: str, n_positives: int
+) -> IntArray:
+    """1-indexed ranks of all ``n_positives`` images of ``target`` in a best-first list of
+    image hits (given as their place ids), the input `prg` takes.
+
+    A whole-map ranking contains every image, and the ranks are exact. A top-k list may miss
+    some of the target's images: they get the positions right after the list (k+1, k+2,
+    ...), the nearest they can be, so the ranks stay distinct and the gain stays <= G*.
+    """
+    if isinstance(n_positives, bool) or not isinstance(n_positives, int) or n_positives < 1:
+        raise ValueError(f"n_positives must be a positive integer, got {n_positives!r}")
+    found = [i + 1 for i, place in enumerate(ranked_image_places) if place == target]
+    if len(found) > n_positives:
+        raise ValueError(
+            f"the ranking holds {len(found)} images of {target!r}, more than n_positives="
+            f"{n_positives}"
+        )
+    after = len(ranked_image_places)
+    missing = range(after + 1, after + 1 + n_positives - len(found))
+    return np.array([*found, *missing], dtype=np.int64)
+
+
+def prg_place_rank(prev_rank: int, new_rank: int) -> float:
+    """PRG with the target *place* as the only positive, from its 1-indexed place rank.
+
+    Not Eq. 2, which sums over every positive image (`prg`): it is the fallback for callers
+    whose search ranks places only (the dialogue's `SearchFn`), and it equals Eq. 2 only for
+    a place with a single image. It over-credits a round that brings one image of the place
+    up while its other images stay low, and G* = c(1) = 1.
+    """
+    return prg([prev_rank], [new_rank])
 
 
 def rid(prg_value: float) -> float:

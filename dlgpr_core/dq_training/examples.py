@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,13 +35,13 @@ from dlgpr_core.dialogue.dq_pilot import (
     DQPilotQuestioner,
 )
 from dlgpr_core.dialogue.engine import DialogueEngine, SearchFn
-from dlgpr_core.dialogue.metrics import prg
+from dlgpr_core.dialogue.metrics import prg, prg_place_rank, target_image_ranks
 from dlgpr_core.dialogue.questioners import InfoGainQuestioner
 from dlgpr_core.dialogue.questions import Question
 from dlgpr_core.dialogue.state import DialogueConfig, DialogueState
 from dlgpr_core.evaluation.oracle import oracle_source
 from dlgpr_core.evidence.knowledge import EvidenceSource
-from dlgpr_core.mapdb.report import PlaceHit
+from dlgpr_core.mapdb.report import ImageHit, PlaceHit
 from dlgpr_core.users.fact import FactUser
 from dlgpr_core.users.knowledge import PlaceKnowledge
 
@@ -76,7 +76,9 @@ class DQExample:
     next_rank: int
     """The same after the teacher's question was answered."""
     teacher_prg: float
-    """PRG of the teacher's question: the curriculum's quality filter reads it."""
+    """PRG of the teacher's question: the curriculum's quality filter reads it. Eq. 2 over
+    the target's image ranks when the examples were built with an image search, else the
+    place-rank stand-in (`prg_place_rank` of prev_rank -> next_rank)."""
     candidates: list[str] = field(default_factory=list)
     """The round's top-k place ids (SA's negatives are the non-target ones)."""
     sa: float | None = None
@@ -294,12 +296,32 @@ def target_rank(ranking: Sequence[PlaceHit], target: str) -> int:
     return len(ranking) + 1
 
 
+ImageSearchFn = Callable[[str, int], Sequence[ImageHit]]
+"""search_images(text, k) -> the top-k images, best first (e.g. over `MapDatabase.search_images`).
+
+What PRG (Eq. 2) needs: the rank of every image of the target, which a place search
+(`SearchFn`, one hit per place) cannot give."""
+
+
+def image_ranks_of(
+    image_search: ImageSearchFn, text: str, k: int, target: str, n_images: int
+) -> list[int]:
+    """1-indexed ranks of the target's images for query `text` (`target_image_ranks`);
+    `n_images` is how many images the target has (k should cover the whole map)."""
+    hits = image_search(text, k)
+    found = sum(h.place_id == target for h in hits)
+    ranks = target_image_ranks([h.place_id for h in hits], target, max(n_images, found, 1))
+    return [int(r) for r in ranks]
+
+
 def build_examples(
     places: Sequence[PlaceAnnotation],
     search: SearchFn,
     config: DQDataConfig | None = None,
     places_by_id: Mapping[str, PlaceAnnotation] | None = None,
     evidence: EvidenceSource | None = None,
+    image_search: ImageSearchFn | None = None,
+    image_search_k: int | None = None,
 ) -> list[DQExample]:
     """Teacher dialogues from each place's caption; one example per round with a question.
 
@@ -308,7 +330,14 @@ def build_examples(
     read the training city's ground truth). `evidence` is what the prompts show as region
     phrases: the evidence the robot will have at inference (the training map's annotator);
     without it, the oracle's phrases.
+
+    Teacher PRG: with `image_search` (and `image_search_k`, the map's image count) it is
+    Eq. 2 over the rank of every image of the target before and after the answer; without
+    it only the place search's ranks exist, so it is `prg_place_rank`, the one-positive
+    stand-in.
     """
+    if image_search is not None and image_search_k is None:
+        raise ValueError("image_search needs image_search_k (the number of images to rank)")
     cfg = config or DQDataConfig()
     by_id = dict(places_by_id or index_places(places))
     oracle = oracle_source(list(by_id.values()))
@@ -326,7 +355,14 @@ def build_examples(
                 continue
             prev_rank = target_rank(state.ranking, target)
             next_rank = target_rank(after.ranking, target)
-            gain = prg([prev_rank], [next_rank])
+            if image_search is not None and image_search_k is not None:
+                n_images = len(by_id[target].views) if target in by_id else 1
+                gain = prg(
+                    image_ranks_of(image_search, state.query, image_search_k, target, n_images),
+                    image_ranks_of(image_search, after.query, image_search_k, target, n_images),
+                )
+            else:
+                gain = prg_place_rank(prev_rank, next_rank)
             if cfg.min_prg is not None and gain < cfg.min_prg:
                 continue
             messages, paths = prompt_and_paths(prompter, state)

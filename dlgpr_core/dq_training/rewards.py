@@ -13,9 +13,11 @@ from dlgpr_core.dialogue.dq_pilot import (
     parse_dq_output,
 )
 from dlgpr_core.dialogue.engine import SearchFn
-from dlgpr_core.dialogue.metrics import prg
+from dlgpr_core.dialogue.metrics import prg, prg_place_rank
 from dlgpr_core.dialogue.questions import free_question
 from dlgpr_core.dq_training.examples import (
+    ImageSearchFn,
+    image_ranks_of,
     target_rank,
 )
 from dlgpr_core.users.fact import FactUser
@@ -58,13 +60,16 @@ def format_reward(completions: Sequence[Any], **kwargs: Any) -> list[float]:
 
 class RetrievalGainReward:
     """R_prg (paper Eq. 8): PRG of the target between the round's query and the query with
-    the simulated user's answer to the *generated* question appended.
+    the simulated user's answer to the *generated* question appended, from really re-running
+    the retrieval.
 
-    The positives are the target place (one item: the search ranks places, and a place is
-    the unit of a hit); the target's rank comes from really re-running `search`. Outputs
-    the questioner would refuse at inference (bad format, repeats) get 0, since the
-    dialogue would not have asked them. Ranks of a query are cached: the G completions of
-    a prompt share its "before" query.
+    With `image_search` (and `image_search_k`, the map's image count) the positives are all
+    images of the target place and R_prg is Eq. 2 over their ranks. Without it only the
+    place search exists (`SearchFn` returns one hit per place), so the target place is the
+    one positive and R_prg is `prg_place_rank` of its place rank -- a stand-in, exact only
+    for one-image places. Outputs the questioner would refuse at inference (bad format,
+    repeats) get 0, since the dialogue would not have asked them. Ranks of a query are
+    cached: the G completions of a prompt share its "before" query.
     """
 
     __name__ = "retrieval_gain"  # trl names logged rewards by __name__
@@ -76,13 +81,20 @@ class RetrievalGainReward:
         search_k: int,
         max_question_words: int = 40,
         cache_size: int = 4096,
+        image_search: ImageSearchFn | None = None,
+        image_search_k: int | None = None,
     ) -> None:
+        if image_search is not None and image_search_k is None:
+            raise ValueError("image_search needs image_search_k (the number of images to rank)")
         self.places_by_id = places_by_id
         self.search = search
         self.search_k = search_k
+        self.image_search = image_search
+        self.image_search_k = image_search_k
         self.max_question_words = max_question_words
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._image_cache: OrderedDict[tuple[str, str], list[int]] = OrderedDict()
 
     def rank(self, text: str, target: str) -> int:
         """1-indexed whole-list rank of `target` for query `text` (cached)."""
@@ -94,6 +106,22 @@ class RetrievalGainReward:
         self._cache[key] = value
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
+        return value
+
+    def image_ranks(self, text: str, target: str) -> list[int]:
+        """1-indexed ranks of every image of `target` for query `text` (cached); needs
+        `image_search`."""
+        if self.image_search is None or self.image_search_k is None:
+            raise RuntimeError("image_ranks needs an image_search")
+        key = (text, target)
+        if key in self._image_cache:
+            self._image_cache.move_to_end(key)
+            return self._image_cache[key]
+        n_images = len(self.places_by_id[target].views)
+        value = image_ranks_of(self.image_search, text, self.image_search_k, target, n_images)
+        self._image_cache[key] = value
+        if len(self._image_cache) > self.cache_size:
+            self._image_cache.popitem(last=False)
         return value
 
     def score(
@@ -113,9 +141,11 @@ class RetrievalGainReward:
             return 0.0
         place = self.places_by_id[target]
         answer = FactUser(place).answer(free_question(parsed.question)).strip()
-        before = self.rank(" ".join((d0, *answers)), target)
-        after = self.rank(" ".join((d0, *answers, answer)), target)
-        return prg([before], [after])
+        before_text = " ".join((d0, *answers))
+        after_text = " ".join((d0, *answers, answer))
+        if self.image_search is not None:
+            return prg(self.image_ranks(before_text, target), self.image_ranks(after_text, target))
+        return prg_place_rank(self.rank(before_text, target), self.rank(after_text, target))
 
     def __call__(
         self,
