@@ -201,6 +201,29 @@ def build_from_config(config: TowerConfig) -> BuiltModel:
     return BuiltModel(model, tokenizer, preprocess, loaded, weight_files)
 
 
+def build_image_trunk(config: TowerConfig) -> tuple[nn.Module, list[Path]]:
+    """The config's pretrained timm image trunk alone, without its text tower or heads.
+
+    For models that read the trunk's spatial feature maps (the learned evidence heads): they
+    need the very tower the encoder uses, loaded by the same code, but not MiniLM. Returns
+    the trunk (eval mode, classifier removed) and the weight files it was loaded from.
+    """
+    import timm
+
+    vision_cfg = config.model_cfg["vision_cfg"]
+    if "timm_model_name" not in vision_cfg:
+        raise ValueError("build_image_trunk needs a timm image tower (vision_cfg.timm_model_name)")
+    image_weights = config.image_tower_weights
+    if image_weights is None:
+        raise ValueError(f"{config.name}: no image_tower_weights to load the trunk from")
+    # As open_clip builds it: the full timm model, then the classifier dropped.
+    trunk: Any = timm.create_model(str(vision_cfg["timm_model_name"]), pretrained=False)
+    trunk.reset_classifier(0)
+    path = resolve_ref(image_weights["path"], config.base_dir)
+    _load_image_tower(trunk, path, image_weights.get("format", "timm"))
+    return trunk.eval(), [path]
+
+
 def _load_image_tower(trunk: nn.Module, path: Path, fmt: str) -> None:
     if fmt == "efficientnet_pytorch":
         from .efficientnet_weights import load_efficientnet_pytorch_weights
