@@ -46,6 +46,7 @@ from rich.table import Table
 
 from dlgpr_core.data.annotations import PlaceAnnotation
 from dlgpr_core.dialogue.engine import DialogueEngine
+from dlgpr_core.dialogue.state import DialogueConfig
 from dlgpr_core.speech.pipeline import SpeechPipeline
 from dlgpr_core.speech.transcriber import Transcriber
 from dlgpr_core.speech.vad import Segment, SpeechSegmenter
@@ -58,6 +59,7 @@ from dlgpr_ros.speech_node import AUDIO_QOS, SpeechNode
 
 CITY = "Benchtown"
 ENCODER = "dlgpr-lite"
+EVIDENCE = "learned"  # the graph's default annotator (config/dialogue.yaml)
 CHUNK_MS = 100
 TAIL_SILENCE_S = 1.0
 """Silence after each sentence: longer than the node's min_silence_ms (500), so the VAD
@@ -86,12 +88,13 @@ def ensure_map(root: Path, places: int, views: int) -> Path:
     """A SynthCities city and its dlgpr-lite map, made once under `root` and then reused:
     generating and encoding it takes longer than the measurement it serves."""
     from dlgpr_core.data import scan_dataset
+    from dlgpr_core.evidence.registry import make_annotator
     from dlgpr_core.mapdb.access import load_encoder
     from dlgpr_core.mapdb.database import MapDatabase
     from dlgpr_core.synth import generate_city
 
     city_dir = root / f"{CITY}-{places}x{views}"
-    done = city_dir / ".complete"
+    done = city_dir / ".complete-evidence"  # maps from before evidence existed are redone
     if done.is_file():
         return city_dir / "map"
     if city_dir.exists():  # an interrupted build: start over rather than trust it
@@ -103,6 +106,8 @@ def ensure_map(root: Path, places: int, views: int) -> Path:
     with MapDatabase.create(city_dir / "map", enc.fingerprint, enc.dim) as db:
         db.set_encoder_spec(ENCODER, None)
         db.build(scan_dataset(city_dir, fmt="gsv"), enc, progress=False, source_kind="gsv")
+        # The graph's default evidence: what the robot itself derives from the images.
+        db.annotate(make_annotator(EVIDENCE, enc), progress=False, workers=1)
     done.write_text("ok\n")
     return city_dir / "map"
 
@@ -253,6 +258,8 @@ class RoundFigures:
 
 def bench_rounds(map_path: Path, n_dialogues: int, timeout: float) -> RoundFigures:
     """Interleaves ROS and direct dialogues over targets drawn from the map's places."""
+    from dlgpr_core.dialogue.evidence_update import EvidenceUpdate
+    from dlgpr_core.evidence.knowledge import EvidenceSource
     from dlgpr_core.mapdb.access import map_encoder
     from dlgpr_core.mapdb.database import MapDatabase
     from dlgpr_core.mapdb.ground_truth import map_annotations
@@ -261,16 +268,24 @@ def bench_rounds(map_path: Path, n_dialogues: int, timeout: float) -> RoundFigur
     places = map_annotations(map_path)
     ids = sorted(places)
     targets = random.Random(11).sample(ids, min(len(ids), n_dialogues + 1))
-    overrides = {"map_path": str(map_path), "questioner.questioner": "info-gain"}
+    overrides = {
+        "map_path": str(map_path),
+        "questioner.questioner": "info-gain",
+        "evidence": EVIDENCE,
+    }
     ros_runs: list[RosDialogue] = []
     direct_runs: list[DirectDialogue] = []
     with MapDatabase.open(map_path) as db, graph_up(overrides) as graph:
         enc = map_encoder(db)  # the retrieval node's cached encoder: the same object
-        # The questioner node's defaults (top_k 10, seed 0) and DialogueConfig's defaults
-        # match config/dialogue.yaml, so both sides ask and stop alike.
+        # The questioner node's defaults (top_k 10, seed 0) and this DialogueConfig match
+        # config/dialogue.yaml (search_k 200 for the evidence update), so both sides ask,
+        # re-rank and stop alike.
+        evidence = EvidenceSource.of_map(db.evidence, EVIDENCE)
         engine = DialogueEngine(
             lambda text, k: db.search(text, enc, k=k),
-            build_questioner("info-gain", str(map_path), "", 10, 0),
+            build_questioner("info-gain", evidence, 10, 0),
+            DialogueConfig(search_k=200),
+            reranker=EvidenceUpdate(evidence),
         )
         probe = RoundProbe(graph)
         dm = graph.node("dialogue_manager")
