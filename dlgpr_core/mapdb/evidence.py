@@ -125,12 +125,22 @@ class EvidenceStore:
                 (image_id, annotator, version, now),
             )
             n += len(rows)
+        self._bump()
         return n
+
+    def _bump(self) -> None:
+        """A new evidence generation: what was derived from the evidence (a lexical index)
+        is stale."""
+        self._store.set_meta("evidence_generation", str(self.generation() + 1))
+
+    def generation(self) -> int:
+        return int(self._store.get_meta("evidence_generation") or 0)
 
     def delete(self, annotator: str) -> None:
         """Forget everything `annotator` stored (in the current transaction)."""
         self._store.execute("DELETE FROM evidence WHERE annotator = ?", (annotator,))
         self._store.execute("DELETE FROM evidence_runs WHERE annotator = ?", (annotator,))
+        self._bump()
 
     # -- reading ------------------------------------------------------------------------
     def todo(self, annotator: str, version: str) -> list[int]:

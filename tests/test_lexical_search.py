@@ -1,0 +1,90 @@
+"""The lexical channel of a map search: BM25 over the map's evidence, fused with the cosine.
+
+`HistogramEncoder` (tests/test_mapdb.py) is a PLUMBING FIXTURE: its text embedding is a
+hashed bag of words, so which place the dense side prefers is arbitrary but fixed; the
+tests check that the lexical channel moves the place whose evidence the words name, by the
+documented amount, and that the map remembers its setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_mapdb import HistogramEncoder, make_dataset
+
+from dlgpr_core.data.generic import scan_csv
+from dlgpr_core.mapdb import MapDatabase
+from dlgpr_core.mapdb.evidence import EvidenceItem
+from dlgpr_core.mapdb.lexical import LexicalIndex, LexicalSpec
+
+SIGNS = {"p0": "Union Savings", "p1": "Tool Depot", "p2": "Golden Crust", "p3": "Page Turner"}
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> MapDatabase:
+    enc = HistogramEncoder()
+    db = MapDatabase.create(tmp_path / "map", enc.fingerprint, enc.dim)
+    db.build(scan_csv(make_dataset(tmp_path / "ds", places=4)), enc, progress=False)
+    rows = db.image_rows(list(range(1, 13)))
+    results = [
+        (
+            i,
+            [
+                EvidenceItem(f'a shop whose sign reads "{SIGNS[r.place_id]}"', 0.9),
+                EvidenceItem("a faint guess", 0.2),
+            ],
+        )
+        for i, r in rows.items()
+    ]
+    db.put_evidence("signs", "v1", results)
+    return db
+
+
+def test_lexical_channel_lifts_the_place_its_words_name(db: MapDatabase) -> None:
+    enc = HistogramEncoder()
+    query = "a shop with a sign saying Golden Crust"
+    dense = db.search(query, enc, k=4)
+    assert db.lexical_spec() is None  # dense only until the map is told otherwise
+    spec = LexicalSpec("signs", weight=0.5)
+    fused = db.search(query, enc, k=4, lexical=spec)
+    assert fused[0].place_id == "p2"
+    by_id = {h.place_id: h.score for h in dense}
+    # the best lexical match gains exactly `weight` cosine units; others proportionally less
+    assert fused[0].score == pytest.approx(by_id["p2"] + 0.5, abs=1e-5)
+    assert [h.rank for h in fused] == [1, 2, 3, 4]
+    # a query none of the evidence words match leaves the dense ranking as it was
+    assert [h.place_id for h in db.search("xyzzy", enc, k=4, lexical=spec)] == [
+        h.place_id for h in db.search("xyzzy", enc, k=4)
+    ]
+
+
+def test_the_map_remembers_its_setting_and_new_evidence_counts(db: MapDatabase) -> None:
+    enc = HistogramEncoder()
+    db.set_lexical(LexicalSpec("signs", weight=0.5))
+    assert db.lexical_spec() == LexicalSpec("signs", weight=0.5)
+    assert db.search("Tool Depot", enc, k=1)[0].place_id == "p1"
+    # new evidence invalidates the index: p3 now also reads "Tool Depot"
+    rows = db.image_rows(list(range(1, 13)))
+    db.put_evidence(
+        "signs",
+        "v2",
+        [
+            (i, [EvidenceItem("Tool Depot Tool Depot", 0.9)])
+            for i, r in rows.items()
+            if r.place_id == "p3"
+        ],
+    )
+    assert db.search("Tool Depot", enc, k=1)[0].place_id == "p3"
+    db.set_lexical(None)
+    assert db.lexical_spec() is None
+
+
+def test_low_confidence_phrases_are_left_out_and_settings_are_checked(db: MapDatabase) -> None:
+    index = LexicalIndex.from_evidence(db.evidence, "signs", ["p0", "p1"], min_confidence=0.5)
+    assert index.scores("faint guess").max() == 0.0
+    assert index.scores("union savings")[0] > 0
+    with pytest.raises(ValueError, match="fusion"):
+        LexicalSpec("signs", fusion="max")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="invalid"):
+        LexicalSpec("signs", weight=-1)
