@@ -1,0 +1,236 @@
+"""Training the sign reader (`signs.SignReader`) after the heads, on strips they choose.
+
+Each training image gives one strip, cut where the trained heads' name attention peaks
+(as the annotator cuts it); each visible named building in it is one example, pooled over
+the building's own columns (from the region boxes) and trained with cross-entropy over
+every chain name. Selection and the reader's temperature use the validation city, pooled as
+the annotator pools: by the heads' category probabilities along the strip.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .calibration import TEMPERATURES
+from .config import DecodeConfig, EvidenceTrainConfig
+from .dataset import CityData
+from .decode import EPS, NAME, Calibration, sign_logits
+from .features import FrozenTower
+from .grid import grid_cell_size
+from .model import NEG, EvidenceHeads, HeadOutputs
+from .signs import cut_strips, pool_positions, position_log_weights, strip_rows
+from .validation import GroundTruthElement, slice_outputs, visible_elements
+from .vocab import LabelVocab
+
+log = logging.getLogger(__name__)
+
+
+def load_images(tower: FrozenTower, paths: Sequence[Path]) -> torch.Tensor:
+    loaded = []
+    for p in paths:
+        with Image.open(p) as im:
+            loaded.append(im.convert("RGB"))
+    return tower.preprocess(loaded)
+
+
+def named_categories(vocab: LabelVocab) -> torch.Tensor:
+    """(K,) bool: the categories with a sign to read."""
+    return torch.tensor([NAME in vocab.category_values[c] for c in vocab.categories])
+
+
+@torch.no_grad()
+def city_signs(
+    model: EvidenceHeads,
+    out: HeadOutputs,
+    data: CityData,
+    tower: FrozenTower,
+    which: torch.Tensor,
+) -> torch.Tensor | None:
+    """The reader's logits (N, K, names) for the (image, category) pairs of `which`
+    (N, K), as the annotator computes them."""
+    if model.reader is None:
+        return None
+    model.eval()
+    parts = []
+    for s in range(0, len(data), 64):
+        part = slice_outputs(out, slice(s, s + 64))
+        images = load_images(tower, data.targets.paths[s : s + 64])
+        logits = sign_logits(model, images, part, which[s : s + 64])
+        assert logits is not None
+        parts.append(logits)
+    return torch.cat(parts)
+
+
+def read_pairs(
+    model: EvidenceHeads, out: HeadOutputs, calibration: Calibration, decode: DecodeConfig
+) -> torch.Tensor:
+    """(N, K) bool: the (image, category) pairs the annotator reads a sign for: categories
+    with a name whose calibrated presence reaches the floor."""
+    raw = torch.softmax(out.classes.float(), 1)[:, 1:].flatten(2).amax(-1).numpy()
+    presence = calibration.presence_probs(raw, model.vocab.categories)
+    floor = torch.from_numpy(presence >= decode.presence_floor)
+    return floor & named_categories(model.vocab).unsqueeze(0)
+
+
+@dataclass
+class SignSamples:
+    """Strips and the named buildings in them."""
+
+    strips: torch.Tensor
+    """(S, 3, strip_height, width) float16, normalised."""
+    strip: torch.Tensor
+    """(G,) the strip each building is read from."""
+    names: torch.Tensor
+    """(G,) index into vocab.attributes["name"]."""
+    classes: torch.Tensor
+    """(G,) class index (category + 1)."""
+    own: torch.Tensor
+    """(G, positions) log-weights of the building's own columns (0, else NEG): training."""
+    heads: torch.Tensor
+    """(G, positions) log P(category) along the strip's row: how the annotator pools."""
+
+
+@torch.no_grad()
+def sign_samples(
+    model: EvidenceHeads, out: HeadOutputs, data: CityData, tower: FrozenTower
+) -> SignSamples:
+    assert model.reader is not None
+    vocab = model.vocab
+    by_image: dict[int, list[GroundTruthElement]] = {}
+    for el in visible_elements(data.targets, vocab):
+        if NAME in el.values:
+            by_image.setdefault(el.image, []).append(el)
+    images = sorted(by_image)
+    rows, cols = data.targets.classes.shape[1:]
+    width, height = data.targets.size
+    _, sy = grid_cell_size(width, height, rows, cols)
+    positions = -(-width // 8)
+    strips, strip, names, classes, own, heads = [], [], [], [], [], []
+    for s in range(0, len(images), 64):
+        idx = images[s : s + 64]
+        batch = load_images(tower, [data.targets.paths[i] for i in idx])
+        log_p = torch.log(torch.softmax(out.classes[idx].float(), 1)[:, 1:].clamp_min(EPS))
+        which = torch.zeros(len(idx), len(vocab.categories), dtype=torch.bool)
+        for j, i in enumerate(idx):
+            for el in by_image[i]:
+                which[j, el.category] = True
+        row, _ = strip_rows(out.attention[NAME][idx].float(), log_p, which)
+        centres = ((row.float() + 0.5) * sy).long()
+        strips.append(cut_strips(batch, centres, model.reader.config.strip_height).half())
+        for j, i in enumerate(idx):
+            for el in by_image[i]:
+                mine = torch.from_numpy((data.targets.elements[i] == el.element).any(0))
+                strip.append(s + j)
+                names.append(el.values[NAME])
+                classes.append(el.category + 1)
+                own.append(position_log_weights(torch.where(mine, 0.0, NEG), positions))
+                heads.append(position_log_weights(log_p[j, el.category, row[j]], positions))
+    return SignSamples(
+        strips=torch.cat(strips),
+        strip=torch.tensor(strip),
+        names=torch.tensor(names),
+        classes=torch.tensor(classes),
+        own=torch.stack(own),
+        heads=torch.stack(heads),
+    )
+
+
+def _logits(model: EvidenceHeads, samples: SignSamples, log_w: torch.Tensor) -> torch.Tensor:
+    """Pooled name logits (G, names) of every building of `samples` (eval mode)."""
+    assert model.reader is not None
+    model.reader.eval()
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(samples.strips), 128):
+            logits, att = model.reader(samples.strips[s : s + 128].float())
+            sel = (samples.strip >= s) & (samples.strip < s + 128)
+            out.append((sel, pool_positions(logits, att, samples.strip[sel] - s, log_w[sel])))
+    pooled = torch.zeros(len(samples.strip), len(model.vocab.attributes[NAME]))
+    for sel, p in out:
+        pooled[sel] = p
+    return pooled
+
+
+def reader_accuracy(model: EvidenceHeads, samples: SignSamples) -> tuple[float, float]:
+    """(accuracy among the building's category's names, among all names), pooled as the
+    annotator pools."""
+    logits = _logits(model, samples, samples.heads)
+    masked = logits + torch.where(model.allowed(NAME)[samples.classes], 0.0, NEG)
+    within = float((masked.argmax(-1) == samples.names).float().mean())
+    overall = float((logits.argmax(-1) == samples.names).float().mean())
+    return within, overall
+
+
+def train_reader(
+    model: EvidenceHeads, train: SignSamples, val: SignSamples, config: EvidenceTrainConfig
+) -> dict[str, float]:
+    """Train on the training strips, keep the epoch with the best validation accuracy
+    within the category."""
+    reader = model.reader
+    assert reader is not None
+    cfg = reader.config
+    gen = torch.Generator().manual_seed(config.seed)
+    n = len(train.strips)
+    steps_per_epoch = -(-n // cfg.batch_size)
+    total = cfg.max_steps or steps_per_epoch * cfg.epochs
+    opt = torch.optim.AdamW(reader.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total)
+    local = torch.full((n,), -1, dtype=torch.long)
+    best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+    step = epoch = 0
+    while step < total:
+        epoch += 1
+        reader.train()
+        t0 = time.perf_counter()
+        for idx in torch.randperm(n, generator=gen).split(cfg.batch_size):
+            local[idx] = torch.arange(len(idx))
+            sel = local[train.strip] >= 0
+            logits, att = reader(train.strips[idx].float())
+            pooled = pool_positions(logits, att, local[train.strip[sel]], train.own[sel])
+            loss = F.cross_entropy(pooled, train.names[sel])
+            local[idx] = -1
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            if step >= total:
+                break
+        within, overall = reader_accuracy(model, val)
+        log.info(
+            "reader epoch %d: val accuracy %.3f within the category, %.3f over all names, %.0fs",
+            epoch,
+            within,
+            overall,
+            time.perf_counter() - t0,
+        )
+        if best is None or within > best[0]:
+            best = (within, epoch, copy.deepcopy(reader.state_dict()))
+    assert best is not None
+    reader.load_state_dict(best[2])
+    within, overall = reader_accuracy(model, val)
+    return {
+        "reader_best_epoch": float(best[1]),
+        "reader_val_within_category": within,
+        "reader_val_all_names": overall,
+        "reader_train_buildings": float(len(train.names)),
+        "reader_val_buildings": float(len(val.names)),
+    }
+
+
+def fit_reader_temperature(model: EvidenceHeads, val: SignSamples) -> float:
+    """The temperature of the reader's within-category name distribution (validation NLL)."""
+    logits = _logits(model, val, val.heads)
+    masked = logits + torch.where(model.allowed(NAME)[val.classes], 0.0, NEG)
+    nlls = [float(F.cross_entropy(masked / float(t), val.names)) for t in TEMPERATURES]
+    return float(TEMPERATURES[int(np.argmin(nlls))])

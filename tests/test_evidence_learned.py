@@ -1,0 +1,297 @@
+"""The learned evidence model: targets, the shipped annotator, training, evidence quality.
+
+Fast CPU tests. `test_shipped_annotator_returns_valid_items` is plumbing: the items are
+well-formed (inside the ontology, confidences in [0, 1], boxes inside the image).
+`test_shipped_annotator_sees_a_new_city` is a coarse quality floor on a freshly
+generated city (a seed no training or selection used), far below what the model measures on
+the held-out Testburg (docs/results/evidence_quality_learned.md), so it fails on a broken
+or wrongly loaded model, not on noise.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dlgpr_core.data.annotations import Element, PlaceAnnotation, Region, ViewAnnotation
+from dlgpr_core.evaluation.evidence_quality import EvidenceQualityTable, evidence_quality
+from dlgpr_core.evidence import slots
+from dlgpr_core.evidence.learned import LearnedAnnotator, create_learned_annotator
+from dlgpr_core.evidence.learned.config import ConfigError, EvidenceTrainConfig
+from dlgpr_core.evidence.learned.targets import IGNORE, view_targets
+from dlgpr_core.evidence.learned.vocab import LabelVocab
+from dlgpr_core.mapdb.evidence import EvidenceItem, ImageEvidence
+from dlgpr_core.synth.city import generate_city
+
+VOCAB = LabelVocab.from_slots()
+
+
+def _view(regions: list[tuple[list[int], str]], image: str = "Images/T/a.jpg") -> ViewAnnotation:
+    return ViewAnnotation(
+        image=image,
+        width=64,
+        height=48,
+        heading=0.0,
+        regions=[Region(bbox=b, phrase="x", element_id=e) for b, e in regions],
+    )
+
+
+def test_targets_smallest_box_wins_and_attributes_stay_on_their_cells() -> None:
+    # 64x48 at stride 16: a 3x4 grid, cell centres x = 8, 24, 40, 56 and y = 8, 24, 40.
+    elements = [
+        Element(
+            id="b1",
+            kind="building",
+            category="bank",
+            attributes={"name": "Union Savings", "colour": "red", "floors": "9"},
+        ),
+        Element(id="f1", kind="furniture", category="mailbox", attributes={"colour": "blue"}),
+        Element(id="t1", kind="vegetation", category="tree", attributes={"species": "birch"}),
+        Element(
+            id="s1",
+            kind="street",
+            category="street",
+            attributes={"width": "wide", "pavement": "cobblestones", "buildings": "1"},
+        ),
+    ]
+    view = _view(
+        [
+            ([0, 0, 64, 48], "b1"),  # the whole image
+            ([16, 16, 40, 48], "f1"),  # covers the centres (24, 24) and (24, 40); x1 = 40 open
+            ([50, 2, 53, 6], "t1"),  # covers no centre: claims the cell of its own centre
+        ]
+    )
+    t = view_targets(view, elements, VOCAB)
+    bank, mailbox, tree = (VOCAB.class_of(c) for c in ("bank", "mailbox", "tree"))
+    expected = np.array(
+        [
+            [bank, bank, bank, tree],
+            [bank, mailbox, bank, bank],
+            [bank, mailbox, bank, bank],
+        ]
+    )
+    np.testing.assert_array_equal(t.classes, expected)
+    np.testing.assert_array_equal(t.elements, np.array([[0, 0, 0, 2], [0, 1, 0, 0], [0, 1, 0, 0]]))
+    red = VOCAB.value_index("colour", "red")
+    blue = VOCAB.value_index("colour", "blue")
+    np.testing.assert_array_equal(
+        t.attributes["colour"],
+        np.array([[red, red, red, IGNORE], [red, blue, red, red], [red, blue, red, red]]),
+    )
+    union = VOCAB.value_index("name", "Union Savings")
+    name = np.full((3, 4), union)
+    name[0, 3] = name[1, 1] = name[2, 1] = IGNORE  # not on the tree's or the mailbox's cells
+    np.testing.assert_array_equal(t.attributes["name"], name)
+    # "9" floors is outside the bank's slot vocabulary: no target anywhere.
+    assert (t.attributes["floors"] == IGNORE).all()
+    species = np.full((3, 4), IGNORE)
+    species[0, 3] = VOCAB.value_index("species", "birch")
+    np.testing.assert_array_equal(t.attributes["species"], species)
+    assert t.street == {
+        "width": VOCAB.street["width"].index("wide"),
+        "pavement": VOCAB.street["pavement"].index("cobblestones"),
+    }
+    assert {VOCAB.categories[i] for i in np.flatnonzero(t.present)} == {"bank", "mailbox", "tree"}
+
+
+@pytest.fixture(scope="module")
+def tiny_city(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synth")
+    generate_city(root, "Evidenceton", 3, 2, seed=21, progress=False)
+    return root
+
+
+def _check_items(items: list[EvidenceItem], size: tuple[int, int]) -> None:
+    known = slots.slots()
+    for it in items:
+        assert 0.0 <= it.confidence <= 1.0
+        assert it.phrase.strip()
+        assert it.category in known
+        if it.attribute == slots.PRESENCE:
+            assert it.value == it.category and it.category != slots.STREET
+            assert it.bbox is not None
+        else:
+            assert it.value in slots.values(it.category, it.attribute), it
+        if it.bbox is not None:
+            x0, y0, x1, y1 = it.bbox
+            assert 0 <= x0 < x1 <= size[0] and 0 <= y0 < y1 <= size[1], it
+    # every attribute item belongs to a category reported present
+    present = {it.category for it in items if it.attribute == slots.PRESENCE}
+    assert {it.category for it in items if it.category != slots.STREET} <= present
+
+
+@pytest.fixture(scope="module")
+def shipped() -> LearnedAnnotator:
+    return create_learned_annotator("", batch_size=4)
+
+
+def test_shipped_annotator_returns_valid_items(
+    shipped: LearnedAnnotator, tiny_city: Path, single_thread: None
+) -> None:
+    """Plumbing, not quality (see the module docstring)."""
+    paths = sorted((tiny_city / "Images" / "Evidenceton").glob("*.jpg"))[:4]
+    images = [Image.open(p).convert("RGB") for p in paths]
+    images.append(images[0].resize((200, 150)))  # another size batches on its own
+    results = shipped.annotate(images)
+    assert len(results) == len(images)
+    for im, items in zip(images, results, strict=True):
+        _check_items(items, im.size)
+    assert any(results), "the shipped model saw nothing in any view"
+    assert shipped.name == "learned" and len(shipped.version) == 12
+    assert shipped.annotate([]) == []
+
+
+def test_tiny_training_run_gives_a_loadable_annotator_with_another_version(
+    tmp_path: Path, tiny_city: Path, shipped: LearnedAnnotator, single_thread: None
+) -> None:
+    from dlgpr_core.evidence.learned.train import train
+
+    config = EvidenceTrainConfig.from_yaml(
+        None,
+        [
+            f"data_root={tiny_city}",
+            "train_cities=[Evidenceton]",
+            "val_cities=[Evidenceton]",
+            "heads.hidden=16",
+            "heads.context_layers=1",
+            "max_steps=2",
+            "batch_size=4",
+            f"out_dir={tmp_path / 'run'}",
+            "progress=false",
+        ],
+    )
+    result = train(config, command="test")
+    assert result.best_epoch >= 1 and 0.0 <= result.validation["score"] <= 1.0
+    annotator = create_learned_annotator(str(result.run_dir))
+    assert annotator.version != shipped.version
+    image = Image.open(next((tiny_city / "Images" / "Evidenceton").glob("*.jpg")))
+    (items,) = annotator.annotate([image])
+    _check_items(items, image.size)
+    meta = annotator.meta["training"]
+    assert meta["train_cities"] == ["Evidenceton"] and meta["command"] == "test"
+
+
+def test_config_errors_name_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"heads\.hiden"):
+        EvidenceTrainConfig.from_yaml(None, ["heads.hiden=3"])
+
+
+def _place() -> PlaceAnnotation:
+    elements = [
+        Element(
+            id="b1",
+            kind="building",
+            category="bank",
+            attributes={"name": "Union Savings", "colour": "red"},
+        ),
+        Element(
+            id="f1",
+            kind="furniture",
+            category="bench",
+            attributes={"colour": "green", "material": "wooden"},
+        ),
+        Element(
+            id="s1",
+            kind="street",
+            category="street",
+            attributes={"width": "wide", "pavement": "cobblestones"},
+        ),
+    ]
+    return PlaceAnnotation(
+        city="T",
+        place_id=0,
+        caption="c",
+        description="d",
+        elements=elements,
+        views=[
+            _view([([0, 0, 30, 40], "b1"), ([30, 30, 40, 40], "f1")], "Images/T/v1.jpg"),
+            _view([([0, 0, 30, 40], "b1")], "Images/T/v2.jpg"),
+        ],
+    )
+
+
+def _item(cat: str, attr: str, value: str, p: float) -> EvidenceItem:
+    return EvidenceItem(f"{cat} {attr} {value}", p, cat, attr, value)
+
+
+def test_evidence_quality_against_hand_counts(tmp_path: Path) -> None:
+    v1 = [
+        _item("bank", "category", "bank", 0.9),
+        _item("bank", "name", "Union Savings", 0.7),
+        _item("bank", "name", "Harbor Trust", 0.3),
+        _item("bank", "colour", "brown", 0.6),
+        _item("bench", "category", "bench", 0.4),  # below 0.5: not predicted present
+        _item("bench", "colour", "green", 0.9),
+        _item("tree", "category", "tree", 0.6),  # a false positive
+        _item("street", "width", "wide", 0.8),
+    ]
+    v2 = [
+        _item("bank", "category", "bank", 0.3),  # missed in this view
+        _item("bank", "name", "Harbor Trust", 0.9),
+        _item("street", "pavement", "cobblestones", 0.6),
+    ]
+    evidence = {
+        "T:0": [
+            ImageEvidence(1, "Images/T/v1.jpg", v1),
+            ImageEvidence(2, "Images/T/v2.jpg", v2),
+            ImageEvidence(3, "Images/T/elsewhere.jpg", []),
+        ]
+    }
+    table = evidence_quality(evidence, {"T:0": _place()})
+
+    def counts(evidence: str, level: str) -> tuple[int, int, int]:
+        r = table.row(evidence, level)
+        assert r is not None, (evidence, level)
+        return r.ground_truth, r.predicted, r.correct
+
+    # image level: v1 GT {bank, bench} vs {bank, tree}; v2 GT {bank} vs {}
+    assert counts("presence", "image") == (3, 2, 1)
+    assert counts("building name (sign)", "image") == (2, 1, 1)
+    assert counts("building colour", "image") == (2, 1, 0)
+    assert counts("bench colour", "image") == (1, 0, 0)
+    assert counts("bench material", "image") == (1, 0, 0)
+    assert counts("street width", "image") == (2, 1, 1)
+    assert counts("street pavement", "image") == (2, 1, 1)
+    # place level: presence max over views (bank .9, bench .4, tree .6); the name's
+    # presence-weighted mean is Union .63/1.2 = .525 vs Harbor (.27 + .27)/1.2 = .45
+    assert counts("presence", "place") == (2, 2, 1)
+    assert counts("building name (sign)", "place") == (1, 1, 1)
+    assert counts("building colour", "place") == (1, 1, 0)
+    assert counts("bench colour", "place") == (1, 0, 0)
+    assert counts("street width", "place") == (1, 1, 1)
+    row = table.row("presence", "image")
+    assert row is not None and row.precision == 0.5 and row.recall == pytest.approx(1 / 3)
+    assert table.row("bench", "image") is not None  # per-category presence rows
+    assert table.meta["images_without_view"] == 1 and table.meta["places"] == 1
+    md, js = table.write(tmp_path / "q")
+    assert "| presence | 50.0 | 33.3 | 3 | 50.0 | 50.0 | 2 |" in md.read_text()
+    assert isinstance(table, EvidenceQualityTable) and js.exists()
+
+
+def test_shipped_annotator_sees_a_new_city(
+    shipped: LearnedAnnotator, tmp_path: Path, single_thread: None
+) -> None:
+    from dlgpr_core.data.annotations import read_annotations
+    from dlgpr_core.data.records import namespaced_place_id
+
+    generate_city(tmp_path, "Unseenburg", 12, 2, seed=31, progress=False)
+    places = {
+        namespaced_place_id(p.city, p.place_id): p
+        for p in read_annotations(tmp_path / "Annotations" / "Unseenburg.jsonl")
+    }
+    evidence: dict[str, list[ImageEvidence]] = {}
+    n = 0
+    for pid, place in places.items():
+        images = [Image.open(tmp_path / v.image).convert("RGB") for v in place.views]
+        for view, items in zip(place.views, shipped.annotate(images), strict=True):
+            n += 1
+            evidence.setdefault(pid, []).append(ImageEvidence(n, view.image, items or []))
+    table = evidence_quality(evidence, places)
+    # Testburg (1,200 images): presence P 77.7 / R 58.3, street width and pavement 99.9+
+    for name, floor in (("presence", 0.55), ("street width", 0.8), ("street pavement", 0.8)):
+        row = table.row(name, "image")
+        assert row is not None and row.ground_truth > 0, name
+        assert row.precision >= floor and row.recall >= floor - 0.2, (name, row)
