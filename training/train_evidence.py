@@ -6,7 +6,8 @@ Score a trained annotator on a city through a real map (build with dlgpr-lite, a
 compare with the city's annotations); use the held-out city only for final numbers:
     python training/train_evidence.py --evaluate Testburg --data data/synth \
         --map runs/evidence_maps/Testburg --annotator "" --out docs/results/evidence_quality_learned
-(``--annotator ""`` = the shipped assets, else a run directory.)
+(``--annotator ""`` = the shipped assets, else a run directory; ``--spec zero-shot`` or any
+other annotator spec scores that annotator instead.)
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--data", type=Path, default=Path("data/synth"), help="(--evaluate) root")
     ap.add_argument("--map", type=Path, default=None, help="(--evaluate) map directory")
     ap.add_argument("--annotator", default="", help="(--evaluate) run dir; '' = shipped")
+    ap.add_argument(
+        "--spec",
+        default=None,
+        help="(--evaluate) score another annotator instead, by its spec (zero-shot, ocr, ...)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="(--evaluate) table path stem")
     ap.add_argument("--batch-size", type=int, default=16, help="(--evaluate) annotation batch")
     return ap.parse_args(argv)
@@ -89,7 +95,7 @@ def throughput(annotator: Any, data: Path, city: str, n: int = 64) -> float:
 
     paths = sorted((data / "Images" / city).glob("*.jpg"))[:n]
     images = [Image.open(p).convert("RGB") for p in paths]
-    annotator.annotate(images[: annotator.batch_size])
+    annotator.annotate(images[: getattr(annotator, "batch_size", 16)])
     t0 = time.perf_counter()
     annotator.annotate(images)
     return len(images) / (time.perf_counter() - t0)
@@ -110,7 +116,13 @@ def evaluate_main(args: argparse.Namespace, command: str) -> int:
     try:
         built = db.build(scan_dataset(args.data, fmt="gsv", cities=[city]), encoder)
         print(built.render())
-        annotator = create_learned_annotator(args.annotator, batch_size=args.batch_size)
+        annotator: Any
+        if args.spec:
+            from dlgpr_core.evidence.registry import make_annotator
+
+            annotator = make_annotator(args.spec, encoder)
+        else:
+            annotator = create_learned_annotator(args.annotator, batch_size=args.batch_size)
         rate = throughput(annotator, args.data, city)
         print(f"annotator throughput: {rate:.1f} images/s (in memory, batch {args.batch_size})")
         t0 = time.perf_counter()
@@ -125,7 +137,7 @@ def evaluate_main(args: argparse.Namespace, command: str) -> int:
             "images_per_second_in_memory": round(rate, 2),
             "torch_threads": torch.get_num_threads(),
             "annotate_report": report.render(),
-            "training": annotator.meta.get("training", {}),
+            "training": getattr(annotator, "meta", {}).get("training", {}),
         }
         table = map_evidence_quality(db, annotator.name, places, meta=meta)
     finally:
