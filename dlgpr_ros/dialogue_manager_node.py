@@ -135,7 +135,11 @@ class DialogueManagerNode(Node):
         self.localize.observe(actions)
 
     def destroy_node(self) -> None:
-        self.speaker.close()
+        # A node whose __init__ failed (no map, bad parameter) is still destroyed by the
+        # context's shutdown: it may have no speaker yet.
+        speaker = getattr(self, "speaker", None)
+        if speaker is not None:
+            speaker.close()
         super().destroy_node()
 
 

@@ -45,7 +45,11 @@ def fake_espeak(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_questions_are_spoken_without_blocking(fake_espeak: Path, context: Context) -> None:
     node = DialogueManagerNode(
         context=context,
-        parameter_overrides=[Parameter("speak", value=True), Parameter("voice", value="en-gb")],
+        parameter_overrides=[
+            Parameter("update", value="text"),
+            Parameter("speak", value=True),
+            Parameter("voice", value="en-gb"),
+        ],
     )
     try:
         t = time.monotonic()
@@ -60,10 +64,29 @@ def test_questions_are_spoken_without_blocking(fake_espeak: Path, context: Conte
 
 
 def test_no_speech_when_not_asked(fake_espeak: Path, context: Context) -> None:
-    node = DialogueManagerNode(context=context)
+    node = DialogueManagerNode(
+        context=context, parameter_overrides=[Parameter("update", value="text")]
+    )
     try:
         node.speaker.say("Is there a bakery?")
         time.sleep(0.6)
         assert not fake_espeak.exists()
     finally:
         node.destroy_node()
+
+
+def test_a_manager_that_cannot_start_names_the_map_and_shuts_down_cleanly(
+    tmp_path: Path, context: Context
+) -> None:
+    """The evidence update needs a map: a missing one is refused at start-up, naming it, and
+    the context's shutdown (which destroys every node, this half-made one too) must not
+    fail on top of that."""
+    from dlgpr_core.mapdb.errors import MapError
+
+    missing = tmp_path / "no-map"
+    with pytest.raises(MapError, match="no-map"):
+        DialogueManagerNode(
+            context=context,
+            parameter_overrides=[Parameter("map_path", value=str(missing))],
+        )
+    # the fixture's rclpy.shutdown destroys the half-made node: its teardown must pass
