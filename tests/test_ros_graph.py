@@ -21,6 +21,7 @@ from dlgpr_core.data.records import namespaced_place_id
 from dlgpr_core.dialogue.state import DialogueConfig
 from dlgpr_core.evaluation.oracle import write_oracle_evidence
 from dlgpr_core.users.fact import FactUser
+from dlgpr_ros import conversions
 from dlgpr_ros.bringup import Graph, bringup
 from dlgpr_ros.msg import DialogueState, Localization, Question, Utterance
 from dlgpr_ros.qos import TOPIC_QOS
@@ -172,9 +173,13 @@ def _check_finished(probe: Probe, did: str, place: PlaceAnnotation, positions: A
     asked = [q.text for q in probe.questions.get(did, [])]
     assert asked[: len(final.questions)] == list(final.questions)
     assert len(set(final.questions)) == len(final.questions), list(final.questions)
-    # The answers are this place's: no mixing with another dialogue.
+    # The answers are this place's: no mixing with another dialogue. The simulated user
+    # answers the structured probe each Question carries (as a person hears what is meant),
+    # so the expected answers come from those probes, not from re-parsing the text.
     user = FactUser(place)
-    assert list(final.history[1:]) == [user.answer(q) for q in final.questions]
+    sent = probe.questions.get(did, [])[: len(final.questions)]
+    expected = [user.answer(conversions.question_msg_to_core(q)) for q in sent]
+    assert list(final.history[1:]) == expected
     assert final.round <= 5
     if final.status == DialogueState.STATUS_MAX_ROUNDS:
         assert final.round == 5
