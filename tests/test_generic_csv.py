@@ -112,3 +112,12 @@ def test_scan_dataset_detects_csv(tmp_path: Path) -> None:
     assert len(scan_dataset(tmp_path).records) == 1
     with pytest.raises(ValueError, match="cannot tell the data set format"):
         scan_dataset(tmp_path / "x.jpg")
+
+
+def test_malformed_header_is_a_clear_error(tmp_path: Path) -> None:
+    """A header field over the csv module's limit is a usage error naming the file."""
+    csv_path = tmp_path / "set.csv"
+    csv_path.write_text('"' + "x" * 200_000 + '"\n')
+    with pytest.raises(ValueError, match="malformed CSV header") as e:
+        scan_csv(csv_path)
+    assert str(csv_path) in str(e.value) and len(str(e.value)) < 1000

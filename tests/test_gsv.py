@@ -153,3 +153,31 @@ def test_place_ids_are_namespaced_across_cities(tmp_path: Path) -> None:
 def test_scan_dataset_detects_gsv(tmp_path: Path) -> None:
     write_city(tmp_path, "Boston", [row()])
     assert len(scan_dataset(tmp_path).records) == 1
+
+
+def test_malformed_header_skips_the_file_with_a_reason(tmp_path: Path) -> None:
+    """A 200 KB header field (over the csv module's field limit) or a NUL byte costs that
+    city's CSV, named with what was wrong, never a traceback; other cities still scan."""
+    write_city(tmp_path, "Boston", [row()])
+    (tmp_path / "Dataframes" / "Paris.csv").write_text('"' + "x" * 200_000 + '"\nplace_id\n')
+    (tmp_path / "Images" / "Paris").mkdir()
+    (tmp_path / "Dataframes" / "Rome.csv").write_bytes(b"place_id,\x00year\n1,2\n")
+    (tmp_path / "Images" / "Rome").mkdir()
+    scan = scan_gsv_cities(tmp_path)
+    assert len(scan.records) == 1
+    reasons = {s.source: s.reason for s in scan.skipped}
+    assert "malformed CSV header" in reasons["Dataframes/Paris.csv"]
+    assert "field larger than field limit" in reasons["Dataframes/Paris.csv"]
+    assert len(reasons["Dataframes/Paris.csv"]) < 500
+    assert reasons["Dataframes/Rome.csv"].startswith(("malformed CSV header", "missing columns"))
+
+
+def test_long_header_names_are_shortened_in_the_reason(tmp_path: Path) -> None:
+    """Under the field limit but huge: the skip reason stays readable."""
+    (tmp_path / "Dataframes").mkdir()
+    (tmp_path / "Images" / "Oslo").mkdir(parents=True)
+    names = ",".join(f"col{i}_" + "y" * 500 for i in range(300))
+    (tmp_path / "Dataframes" / "Oslo.csv").write_text(names + "\n")
+    scan = scan_gsv_cities(tmp_path)
+    (skip,) = scan.skipped
+    assert "missing columns" in skip.reason and len(skip.reason) < 2000

@@ -40,11 +40,30 @@ def iter_csv_rows(
             yield reader.line_num, {k: v for k, v in row.items() if isinstance(k, str)}
 
 
+class HeaderError(ValueError):
+    """The header line itself cannot be read as CSV (a field over the csv module's limit,
+    a NUL byte, an unterminated quote): the whole file is unusable until it is fixed."""
+
+
 def header_of(csv_path: Path) -> list[str]:
-    """Read just the header; an empty file has none."""
+    """Read just the header; an empty file has none. Raises `HeaderError` (a ValueError)
+    for a header the csv module refuses, so callers report it instead of a traceback."""
     with csv_path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
-        first = next(csv.reader(handle), [])
+        try:
+            first = next(csv.reader(handle), [])
+        except csv.Error as exc:
+            raise HeaderError(f"malformed CSV header: {exc}") from None
     return [name.strip() for name in first]
+
+
+def show_header(header: Sequence[str], max_names: int = 20, max_chars: int = 40) -> str:
+    """The header for a message: a header of thousands of names, or names of kilobytes,
+    would bury the one line that says what is wrong."""
+    if not header:
+        return "no header"
+    shown = [n if len(n) <= max_chars else n[:max_chars] + "..." for n in header[:max_names]]
+    more = f" and {len(header) - max_names} more" if len(header) > max_names else ""
+    return f"{shown}{more}"
 
 
 def field(row: Mapping[str, str | None], name: str) -> str:

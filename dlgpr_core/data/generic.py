@@ -11,7 +11,16 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from dlgpr_core.data.csvrows import RowError, as_float, field, header_of, require, scan_rows
+from dlgpr_core.data.csvrows import (
+    HeaderError,
+    RowError,
+    as_float,
+    field,
+    header_of,
+    require,
+    scan_rows,
+    show_header,
+)
 from dlgpr_core.data.paths import ESCAPES_ROOT, resolve_inside
 from dlgpr_core.data.records import DatasetScan, ImageRecord, SkippedItem, namespaced_place_id
 
@@ -29,11 +38,14 @@ def scan_csv(csv_path: Path, root: Path | None = None) -> DatasetScan:
     """
     csv_path = Path(csv_path)
     root = Path(root) if root is not None else csv_path.parent
-    header = header_of(csv_path)
+    try:
+        header = header_of(csv_path)
+    except HeaderError as exc:
+        raise ValueError(f"{csv_path}: {exc}; fix the file's first line") from None
     missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise ValueError(
-            f"{csv_path}: missing required column(s) {missing}; found {header or 'no header'}; "
+            f"{csv_path}: missing required column(s) {missing}; found {show_header(header)}; "
             f"required: {list(REQUIRED_COLUMNS)}, optional: {list(OPTIONAL_COLUMNS)}"
         )
     label = _label(csv_path, root)

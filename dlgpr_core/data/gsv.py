@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from dlgpr_core.data.csvrows import (
+    HeaderError,
     as_float,
     as_int,
     field,
     header_of,
     require,
     scan_rows,
+    show_header,
 )
 from dlgpr_core.data.paths import ESCAPES_ROOT, resolve_inside
 from dlgpr_core.data.records import DatasetScan, ImageRecord, SkippedItem, namespaced_place_id
@@ -111,10 +113,13 @@ def _scan_city(root: Path, city: str, scan: DatasetScan) -> None:
     except OSError as exc:
         scan.skipped.append(SkippedItem(csv_rel, f"cannot read CSV: {exc}"))
         return
+    except HeaderError as exc:
+        scan.skipped.append(SkippedItem(csv_rel, str(exc)))
+        return
     missing = [c for c in GSV_COLUMNS if c not in header]
     if missing:
         scan.skipped.append(
-            SkippedItem(csv_rel, f"missing columns {missing}; found {header or 'no header'}")
+            SkippedItem(csv_rel, f"missing columns {missing}; found {show_header(header)}")
         )
         return
     image_dir = _image_dir(root, city)
