@@ -78,7 +78,7 @@ def annotate_map(
     store = EvidenceStore(map_dir.store)
     start = time.perf_counter()
     report = AnnotateReport(annotator.name, annotator.version)
-    with map_dir.writing():
+    with map_dir.writing("annotate"):
         if redo:
             map_dir.store.begin()
             store.delete(annotator.name)

@@ -64,7 +64,7 @@ class ApproxIndexes:
         """
         if kind not in APPROX_KINDS:
             raise MapError(f"unknown index kind {kind!r}; choose one of {list(APPROX_KINDS)}")
-        with self.map.writing():
+        with self.map.writing("build an approximate index"):
             self.vectors.reload()
             self.forget()
             exact = self.vectors.exact

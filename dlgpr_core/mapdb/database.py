@@ -65,15 +65,20 @@ class MapDatabase:
         return cls(MapDirectory.create(Path(directory), encoder_fingerprint, dim))
 
     @classmethod
-    def open(cls, directory: Path | str) -> MapDatabase:
+    def open(cls, directory: Path | str, read_only: bool | None = None) -> MapDatabase:
         """Open an existing map, dropping index entries whose rows never committed.
 
         The map directory may have moved: nothing in it names its own location. Image
         paths in results are relative to their data set root; where the data set itself
         moved, search still works (``hit.resolve(new_root)`` finds the file) and
         `relocate` re-points the map for builds and re-encoding.
+
+        ``read_only``: None opens a map that cannot be written here (a read-only mount,
+        ``chmod a-w``) read-only and any other read-write; True writes nothing even to a
+        writable map; see `MapDirectory.open`. A read-only map searches and reports;
+        writing verbs refuse with the reason.
         """
-        map_dir = MapDirectory.open(Path(directory))
+        map_dir = MapDirectory.open(Path(directory), read_only)
         try:
             return cls(map_dir)
         except BaseException:
@@ -116,6 +121,11 @@ class MapDatabase:
     @property
     def dim(self) -> int:
         return self._map.dim
+
+    @property
+    def read_only(self) -> bool:
+        """Opened read-only: searches and reports only (see `open`)."""
+        return self._map.read_only
 
     @property
     def created(self) -> str:
@@ -169,7 +179,7 @@ class MapDatabase:
         if batch_size <= 0:
             raise MapError("batch_size must be positive")
         start = time.perf_counter()
-        with self._map.writing():
+        with self._map.writing("build"):
             self._map.use_fine(encoder)
             self._vectors.reload()
             self._approx.forget()
@@ -218,7 +228,7 @@ class MapDatabase:
     ) -> int:
         """Store evidence computed elsewhere (e.g. by the evaluation's oracle) for images
         of this map, in one transaction; returns the items written."""
-        with self._map.writing():
+        with self._map.writing("store evidence"):
             self._map.store.begin()
             try:
                 n = self.evidence.put(annotator, version, results)
@@ -296,6 +306,7 @@ class MapDatabase:
     def set_lexical(self, spec: LexicalSpec | None) -> None:
         """Record how text searches of this map use its evidence (None: dense only), so
         every caller (the CLI, the robot, the evaluation) searches the same way."""
+        self._map.require_writable("record the lexical setting")
         with self._map.lock:
             store = self._map.store
             store.begin()

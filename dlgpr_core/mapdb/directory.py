@@ -12,6 +12,8 @@ relative to their data set root, see `dlgpr_core.mapdb.sources`).
 from __future__ import annotations
 
 import fcntl
+import os
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +22,7 @@ from dlgpr_core.encoders.base import Encoder, FineEncoder
 from dlgpr_core.mapdb.errors import MapError
 from dlgpr_core.mapdb.index import EXACT_FILE, ExactIndex
 from dlgpr_core.mapdb.schema import SCHEMA_VERSION
-from dlgpr_core.mapdb.store import MapStore, utc_now
+from dlgpr_core.mapdb.store import MapStore, utc_now, writable_bits
 
 MAP_FILE = "map.sqlite"
 LOCK_FILE = "map.lock"
@@ -42,6 +44,9 @@ class MapDirectory:
         self.directory = directory
         self.store = store
         self.lock = store.lock
+        self.read_only = store.read_only
+        """Opened without write access (a read-only mount): searches and reports work,
+        every writing verb is refused by `require_writable`."""
         _check_schema(directory, store.stored_version)
         meta = store.all_meta()
         try:
@@ -80,31 +85,67 @@ class MapDirectory:
         return cls(directory, store)
 
     @classmethod
-    def open(cls, directory: Path) -> MapDirectory:
-        """Open an existing map; a refused map does not keep its SQLite file open."""
+    def open(cls, directory: Path, read_only: bool | None = None) -> MapDirectory:
+        """Open an existing map; a refused map does not keep its SQLite file open.
+
+        ``read_only``: None (the default) opens read-only exactly when the map cannot be
+        written here (`is_read_only`: a read-only mount, or files or directory without
+        write permission), so robots can mount maps read-only; True never writes even to
+        a writable map; False refuses a map that cannot be written.
+        """
         if not directory.is_dir():
             raise MapError(f"no map directory at {directory}; build one with `{BUILD_HINT}`")
-        if not (directory / MAP_FILE).is_file():
+        path = directory / MAP_FILE
+        if not path.is_file():
             raise MapError(
                 f"{directory} holds no map ({MAP_FILE} missing); build one with `{BUILD_HINT}`"
             )
+        if not os.access(path, os.R_OK) or not os.access(directory, os.R_OK | os.X_OK):
+            raise MapError(
+                f"permission denied reading the map {directory}: this user ({os.getuid()}) "
+                f"may not read {path}; give it read access (chmod/chown) or run as its owner"
+            )
+        cannot_write = is_read_only(directory)
+        if read_only is False and cannot_write:
+            raise MapError(
+                f"map {directory} is read-only here ({cannot_write}); copy it to a writable "
+                "directory or mount it read-write to change it"
+            )
         try:
-            store = MapStore(directory / MAP_FILE)
-        except Exception as exc:  # sqlite3.DatabaseError for a non-database file
-            raise MapError(f"{directory / MAP_FILE} is not a readable map: {exc}") from exc
+            store = MapStore(path, read_only=bool(read_only) or bool(cannot_write))
+        except MapError as exc:
+            raise MapError(
+                f"cannot open the read-only map {directory}: {exc}; open it once where it "
+                "is writable (e.g. `dlgpr map info`), which folds the log into the map, "
+                "then mount it read-only again"
+            ) from exc
+        except sqlite3.OperationalError as exc:  # a permission or locking problem
+            raise MapError(f"cannot open the map {directory}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:  # a file that is no SQLite database
+            raise MapError(f"{path} is not a readable map: {exc}") from exc
         try:
             return cls(directory, store)
         except BaseException:
             store.close()
             raise
 
+    def require_writable(self, action: str) -> None:
+        """Refuse a writing verb on a map opened read-only, saying why and what to do."""
+        if self.read_only:
+            why = is_read_only(self.directory) or "it was opened read-only"
+            raise MapError(
+                f"cannot {action}: map {self.directory} is read-only ({why}); copy it to a "
+                "writable directory or mount it read-write to change it"
+            )
+
     def close(self) -> None:
         with self.lock:
             self.store.close()
 
     @contextmanager
-    def writing(self) -> Iterator[None]:
+    def writing(self, action: str = "write") -> Iterator[None]:
         """One writer per map across processes; a second build would fork the index file."""
+        self.require_writable(action)
         handle = (self.directory / LOCK_FILE).open("a")
         try:
             try:
@@ -125,6 +166,7 @@ class MapDirectory:
     # -- the encoder the map was built with -----------------------------------------
     def set_encoder_spec(self, name: str, checkpoint: str | None) -> None:
         """Remember how to re-create the encoder, so later commands need no encoder flags."""
+        self.require_writable("record the encoder")
         with self.lock:
             self.store.begin()
             self.store.set_meta("encoder.name", name)
@@ -180,10 +222,30 @@ class MapDirectory:
                 f"encoder gives {shape}; build it with the encoder it was created with"
             )
         assert shape is not None
+        self.require_writable("record the fine-feature shape")
         self.store.begin()
         self.store.set_meta("fine_shape", ",".join(str(int(v)) for v in shape))
         self.store.commit()
         self.fine_shape = (int(shape[0]), int(shape[1]), int(shape[2]))
+
+
+def is_read_only(directory: Path) -> str:
+    """Why this process cannot write the map at ``directory`` ("" if it can).
+
+    access() sees read-only mounts and missing permissions; the permission bits also
+    count, so a map made read-only with ``chmod -R a-w`` is read-only even to root.
+    """
+    paths = [directory, *(directory / name for name in (MAP_FILE, EXACT_FILE))]
+    for path in paths:
+        if not path.exists():
+            continue
+        if not os.access(path, os.W_OK):
+            if os.statvfs(path).f_flag & os.ST_RDONLY:
+                return f"{path} is on a read-only file system"
+            return f"{path} is not writable by this user"
+        if not writable_bits(path):
+            return f"{path} has no write permission"
+    return ""
 
 
 def _check_schema(directory: Path, version: int | None) -> None:

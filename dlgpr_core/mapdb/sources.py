@@ -39,7 +39,7 @@ def relocate(map_dir: MapDirectory, old_root: Path | str, new_root: Path | str) 
     if not new.is_dir():
         raise MapError(f"cannot relocate to {new}: not a directory")
     new_key = new.resolve().as_posix()
-    with map_dir.writing():
+    with map_dir.writing("relocate a data set"):
         known = {src.root: src for src in list_sources(map_dir)}
         old = next((known[c] for c in _root_spellings(old_root) if c in known), None)
         if old is None:

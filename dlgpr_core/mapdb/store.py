@@ -7,6 +7,7 @@ implicit transactions would commit at moments the builder does not choose.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -14,9 +15,38 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from dlgpr_core.data.records import SkippedItem
+from dlgpr_core.mapdb.errors import MapError
 from dlgpr_core.mapdb.schema import SCHEMA_SQL, SCHEMA_VERSION
+
+
+def read_only_uri(path: Path) -> str:
+    """An SQLite URI that reads ``path`` without writing to it or beside it.
+
+    ``mode=ro`` alone still needs the WAL index file (``-shm``) beside the database, which
+    a read-only directory cannot hold; there ``immutable=1`` reads the file as it stands,
+    which is exact when no write-ahead log holds changes (a cleanly closed map has none).
+    A log with changes but no index cannot be replayed read-only: refused by the caller
+    (`MapDirectory.open`) with the way out.
+    """
+    uri = f"file:{quote(path.absolute().as_posix())}?mode=ro"
+    if os.access(path.parent, os.W_OK) and writable_bits(path.parent):
+        return uri  # SQLite may add its side files; the map's own files stay untouched
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        if path.with_name(path.name + "-shm").exists():
+            return uri  # SQLite replays the log read-only through the existing index
+        raise ReadOnlyMapError(f"{wal.name} holds changes that a read-only directory cannot replay")
+    return uri + "&immutable=1"
+
+
+def writable_bits(path: Path) -> bool:
+    """Whether the permission bits let anyone write ``path``; a file or directory made
+    read-only with ``chmod a-w`` reads as read-only even to root, whom access() lets
+    write anything on a writable file system."""
+    return bool(path.stat().st_mode & 0o222)
 
 
 def utc_now() -> str:
@@ -41,22 +71,66 @@ class ImageRow:
     city: str
 
 
-class MapStore:
-    """Thin typed wrapper over the SQLite file; knows nothing about embeddings."""
+class ReadOnlyMapError(MapError):
+    """A write to a map opened read-only, or a map that cannot be read without writing."""
 
-    def __init__(self, path: Path) -> None:
+
+class MapStore:
+    """Thin typed wrapper over the SQLite file; knows nothing about embeddings.
+
+    ``read_only`` opens the file without writing anything (robots mount maps read-only):
+    no pragma that changes the file, no schema added, and SQLite's ``immutable`` mode
+    where the directory cannot take SQLite's ``-wal``/``-shm`` side files (see
+    `read_only_uri`). Any write then raises `ReadOnlyMapError` before touching SQLite.
+    """
+
+    def __init__(self, path: Path, read_only: bool = False) -> None:
         # check_same_thread=False: ROS executors call search from worker threads; the
         # lock below serialises access instead.
-        self._conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.path = path
+        self.read_only = read_only
+        if read_only:
+            self._conn = sqlite3.connect(
+                read_only_uri(path), uri=True, isolation_level=None, check_same_thread=False
+            )
+        else:
+            self._conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self.lock = threading.RLock()
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
+        if not read_only:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA foreign_keys=ON")
         self.stored_version = self._stored_version()
         # A map of another schema is left untouched: adding this version's tables to it
         # would half-convert it. MapDirectory refuses it with a message saying to rebuild.
         if self.stored_version in (None, SCHEMA_VERSION):
-            self._conn.executescript(SCHEMA_SQL)
+            if read_only:
+                self._shadow_missing_tables()
+            else:
+                self._conn.executescript(SCHEMA_SQL)
+
+    def _shadow_missing_tables(self) -> None:
+        """Empty TEMP tables for the tables a read-only schema-2 map predates (evidence,
+        fine features were added to schema 2 later), so reads find them empty instead of
+        failing; nothing reaches the file."""
+        have = {
+            str(r[0])
+            for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        for statement in SCHEMA_SQL.split(";"):
+            head = statement.strip()
+            prefix = "CREATE TABLE IF NOT EXISTS "
+            if not head.startswith(prefix):
+                continue
+            name = head[len(prefix) :].split()[0]
+            if name not in have:
+                self._conn.execute("CREATE TEMP TABLE " + head[len("CREATE TABLE ") :])
+
+    def _refuse_write(self) -> None:
+        if self.read_only:
+            raise ReadOnlyMapError(
+                f"{self.path} was opened read-only; open the map where it is writable to change it"
+            )
 
     def _stored_version(self) -> int | None:
         """The map's ``schema_version`` meta value; None for a new (or non-map) file."""
@@ -77,6 +151,7 @@ class MapStore:
         return self._conn.in_transaction
 
     def begin(self) -> None:
+        self._refuse_write()
         if not self._conn.in_transaction:
             self._conn.execute("BEGIN IMMEDIATE")
 
