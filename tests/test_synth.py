@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import json
 import math
 import re
 from collections import Counter
@@ -206,6 +207,59 @@ def test_read_annotations_names_file_and_line(
     path.write_text("not json\n")
     with pytest.raises(ValueError, match=r"bad\.jsonl:1"):
         read_annotations(path)
+
+
+@pytest.mark.parametrize(
+    "image",
+    ["/etc/passwd", "../outside.jpg", "Images/../../x.jpg", "C:\\x.jpg", "Images\\..\\..\\x.jpg",
+     "", "a\x00b.jpg", "//server/share/x.jpg"],
+)  # fmt: skip
+def test_annotation_image_paths_must_stay_inside_the_data_set(
+    city: tuple[Path, CityManifest], tmp_path: Path, image: str
+) -> None:
+    """A view's image is a path relative to the data set root: absolute paths and ``..``
+    are refused on load, naming file, line and the path (annotation files come from
+    converters and the internet, like CSV rows)."""
+    root, manifest = city
+    record = json.loads((root / manifest.annotations).read_text().splitlines()[0])
+    record["views"][0]["image"] = image
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    with pytest.raises(ValueError, match=r"bad\.jsonl:1") as e:
+        read_annotations(path)
+    assert "image" in str(e.value)
+
+
+def test_annotation_image_symlinked_outside_is_refused(
+    city: tuple[Path, CityManifest], tmp_path: Path
+) -> None:
+    """A relative path that is a symlink leading out of the root is judged by where it
+    ends (`resolve_inside`), by every reader that opens annotation images."""
+    from dlgpr_core.data.annotations import view_image_path
+    from dlgpr_core.retriever.data import read_places
+
+    root, manifest = city
+    place = read_annotations(root / manifest.annotations)[0]
+    data = tmp_path / "data"
+    (data / "Annotations").mkdir(parents=True)
+    secret = tmp_path / "secret.jpg"
+    Image.new("RGB", (8, 8)).save(secret)
+    for view in place.views:
+        target = data / view.image
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(secret)
+    write_annotations(data / "Annotations" / f"{CITY}.jsonl", [place])
+    with pytest.raises(ValueError, match="escapes dataset root"):
+        view_image_path(data, place.views[0])
+    with pytest.raises(ValueError, match="escapes dataset root"):
+        read_places(data, [CITY])
+    # Inside the root, a symlink is fine.
+    inside = data / "Images" / "real.jpg"
+    Image.new("RGB", (8, 8)).save(inside)
+    for view in place.views:
+        (data / view.image).unlink()
+        (data / view.image).symlink_to(inside)
+    assert len(read_places(data, [CITY])) == 1
 
 
 def test_validate_place_reports_broken_cross_references(

@@ -11,11 +11,12 @@ dialogue simulator.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from dlgpr_core.data.paths import ESCAPES_ROOT, resolve_inside
 from dlgpr_core.data.records import namespaced_place_id
 
 SCHEMA_VERSION = "1.0"
@@ -42,6 +43,29 @@ def _check_bbox(box: list[int]) -> list[int]:
 
 
 BBox = Annotated[list[int], AfterValidator(_check_bbox)]
+
+
+def _check_image_path(path: str) -> str:
+    """A view's image must name a file inside the data set: annotation files come from
+    converters and the internet, so an absolute path or ``..`` would make a trainer or
+    the evidence model read any file on the machine. Checked on load, by the text alone
+    (what it resolves to is `view_image_path`'s job)."""
+    if not path or "\x00" in path:
+        raise ValueError("image path is empty or holds a NUL byte")
+    win = PureWindowsPath(path)
+    if PurePosixPath(path).is_absolute() or win.is_absolute() or win.drive or win.root:
+        raise ValueError(
+            f"image path {path[:200]!r} is absolute; use a path relative to the data set root"
+        )
+    if ".." in win.parts:  # PureWindowsPath splits on both "/" and "\\"
+        raise ValueError(
+            f"image path {path[:200]!r} climbs out with '..'; use a path inside the data set root"
+        )
+    return path
+
+
+ImagePath = Annotated[str, AfterValidator(_check_image_path)]
+"""Relative POSIX path inside the data set root, never absolute, never through ``..``."""
 """Pixel box ``[x0, y0, x1, y1]``, half-open: ``x1``/``y1`` may equal the image size."""
 
 
@@ -94,7 +118,7 @@ class Transient(_Model):
 class ViewAnnotation(_Model):
     """One image of the place and its region-level evidence."""
 
-    image: str
+    image: ImagePath
     """Path relative to the data set root, POSIX separators (``Images/<City>/...jpg``)."""
     width: int = Field(gt=0)
     height: int = Field(gt=0)
@@ -205,6 +229,16 @@ def write_annotations(path: Path | str, places: Iterable[PlaceAnnotation]) -> No
         for p in places:
             fh.write(p.model_dump_json())
             fh.write("\n")
+
+
+def view_image_path(root: Path | str, view: ViewAnnotation) -> Path:
+    """``root / view.image`` once `resolve_inside` agrees it stays in the data set (a
+    symlink is judged by where it ends); ValueError naming the path otherwise. Every reader
+    that opens annotation images goes through here, as the map builder's readers do."""
+    root = Path(root)
+    if resolve_inside(root, view.image) is None:
+        raise ValueError(f"annotation image {view.image[:200]!r}: {ESCAPES_ROOT} {root}")
+    return root / view.image
 
 
 def places_by_id(places: Iterable[PlaceAnnotation]) -> dict[str, PlaceAnnotation]:

@@ -68,7 +68,7 @@ class PlaceTexts:
 
 
 def load_places(data_root: Path, city: str, max_places: int | None = None) -> list[PlaceTexts]:
-    from dlgpr_core.data.annotations import read_annotations
+    from dlgpr_core.data.annotations import read_annotations, view_image_path
 
     places = []
     for ann in read_annotations(data_root / "Annotations" / f"{city}.jsonl")[:max_places]:
@@ -76,7 +76,7 @@ def load_places(data_root: Path, city: str, max_places: int | None = None) -> li
         places.append(
             PlaceTexts(
                 place_id=f"{ann.city}:{ann.place_id}",
-                images=[data_root / v.image for v in ann.views],
+                images=[view_image_path(data_root, v) for v in ann.views],
                 texts={"description": [ann.description], "caption": [ann.caption], "facts": facts},
             )
         )

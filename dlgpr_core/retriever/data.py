@@ -30,7 +30,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 from torchvision import transforms
 
-from dlgpr_core.data.annotations import read_annotations
+from dlgpr_core.data.annotations import read_annotations, view_image_path
 
 from .long_text import LongTextTokenizer, TokenizedText
 
@@ -81,7 +81,7 @@ def read_places(
                 break
             images = []
             for view in ann.views:
-                path = root / view.image
+                path = view_image_path(root, view)
                 if path.is_file():
                     images.append(path)
                 else:

@@ -24,7 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from dlgpr_core.data.annotations import Element, PlaceAnnotation, ViewAnnotation, read_annotations
+from dlgpr_core.data.annotations import (
+    Element,
+    PlaceAnnotation,
+    ViewAnnotation,
+    read_annotations,
+    view_image_path,
+)
 
 from .grid import GRID_STRIDE, grid_cell_size, grid_shape
 from .vocab import LabelVocab
@@ -142,7 +148,7 @@ def city_targets(
     for p in places:
         for v in p.views:
             items.append(view_targets(v, p.elements, vocab, stride))
-            paths.append(root / v.image)
+            paths.append(view_image_path(root, v))
             place_ids.append(f"{p.city}:{p.place_id}")
             sizes.add((v.width, v.height))
     if len(sizes) > 1:
