@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import sys
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,11 @@ _STATUS = {
     DialogueState.STATUS_FAILED: "failed",
     DialogueState.STATUS_CANCELLED: "cancelled",
 }
+
+
+SHOWN_DIALOGUES = 1000
+"""Dialogues whose progress is remembered (the oldest are forgotten: a console that runs for
+weeks must not grow by one entry per dialogue)."""
 
 
 @dataclass
@@ -68,7 +74,7 @@ class DialoguePrinter(Node):
         self._write = write or _stdout
         self._color = color
         self._lock = threading.Lock()
-        self._shown: dict[str, _Shown] = {}
+        self._shown: OrderedDict[str, _Shown] = OrderedDict()
         self.create_subscription(
             DialogueState, "dialogue_state", self.on_state, TOPIC_QOS["dialogue_state"]
         )
@@ -96,9 +102,16 @@ class DialoguePrinter(Node):
         """Prints what this state adds to its dialogue: new description/answers and
         questions in dialogue order, the round's candidates, the outcome."""
         did = msg.dialogue_id
+        if not did:  # a refused description (see its request_id): no dialogue to follow
+            self._emit([f"[bold red]Refused:[/] {escape(msg.detail)}"])
+            return
         lines: list[str] = []
         with self._lock:
-            shown = self._shown.setdefault(did, _Shown())
+            shown = self._shown.get(did)
+            if shown is None:
+                shown = self._shown[did] = _Shown()
+                while len(self._shown) > SHOWN_DIALOGUES:
+                    self._shown.popitem(last=False)
             if shown.done:
                 return
             tag = f"[dim]\\[{escape(did)}][/dim]"

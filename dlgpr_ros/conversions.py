@@ -187,12 +187,14 @@ def dialogue_state(state: CoreDialogueState, stamp: Time) -> DialogueState:
 
 def rejected_state(reject: Reject, stamp: Time) -> DialogueState:
     """A FAILED state naming the problem of a refused utterance; for a known dialogue it
-    carries its history and questions (not its candidates: nothing was localised)."""
+    carries its history and questions (not its candidates: nothing was localised). A
+    refused description has no dialogue id: its sender recognises it by `request_id`."""
     known = reject.known
     if known is None:
         return DialogueState(
             header=header(stamp),
             dialogue_id=reject.dialogue_id,
+            request_id=reject.request_id,
             round=reject.round,
             status=DialogueState.STATUS_FAILED,
             phase=DialogueState.PHASE_DONE,

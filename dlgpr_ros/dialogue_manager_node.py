@@ -127,12 +127,19 @@ class DialogueManagerNode(Node):
             elif isinstance(a, act.Notice) and a.message:
                 self.get_logger().warning(a.message)
             elif isinstance(a, Reject):
-                self.get_logger().warning(
-                    f"rejected utterance ({a.dialogue_id or 'no id'}): {a.problem}"
-                )
-                if a.dialogue_id:
+                self._log_reject(a)
+                if a.dialogue_id or a.request_id:
                     self._state_pub.publish(cv.rejected_state(a, stamp))
         self.localize.observe(actions)
+
+    def _log_reject(self, a: Reject) -> None:
+        who = a.dialogue_id or (f"request {a.request_id}" if a.request_id else "no id")
+        message = f"rejected utterance ({who}): {a.problem}"
+        if a.counter:  # a flood: one line a second, with the running count
+            message += f" [{self.counters[a.counter]} {a.counter}]"
+            self.get_logger().warning(message, throttle_duration_sec=1.0)
+        else:
+            self.get_logger().warning(message)
 
     def destroy_node(self) -> None:
         # A node whose __init__ failed (no map, bad parameter) is still destroyed by the

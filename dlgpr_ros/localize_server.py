@@ -32,7 +32,7 @@ from rclpy.callback_groups import CallbackGroup
 from rclpy.node import Node
 
 from dlgpr_core.dialogue.session import Finish, PublishState
-from dlgpr_core.dialogue.sessions import PoolAction
+from dlgpr_core.dialogue.sessions import PoolAction, Reject
 from dlgpr_core.dialogue.state import AWAITING_ANSWER, RETRIEVING, Status
 from dlgpr_core.dialogue.state import DialogueState as CoreState
 from dlgpr_ros import conversions
@@ -159,6 +159,10 @@ class LocalizeServer:
                 self._on_state(action.state)
             elif isinstance(action, Finish):
                 self._on_finish(action.state)
+            elif isinstance(action, Reject) and action.request_id in self._by_request:
+                # a refused description: the result says why (too long, too many dialogues)
+                goal = self._by_request.pop(action.request_id)
+                self._conclude(goal, None, Status.FAILED, action.problem)
 
     def _on_state(self, state: CoreState) -> None:
         did = state.dialogue_id

@@ -24,8 +24,20 @@ PARAMETERS: tuple[tuple[str, Any, str], ...] = (
     ("temperature", 0.05, "Softmax temperature of the belief (the dialogue's only one)."),
     ("request_timeout", 5.0, "Seconds to wait for candidates or a question before re-sending."),
     ("max_resends", 3, "Re-sends per step before the dialogue fails."),
+    (
+        "answer_timeout",
+        120.0,
+        "Seconds a question waits for the person's answer before the dialogue fails "
+        "(stop reason no_answer); 0: for ever.",
+    ),
     ("max_utterance_bytes", 10_000, "Longer utterances are rejected."),
     ("max_finished", 1000, "Finished dialogues remembered (late answers)."),
+    (
+        "max_live_dialogues",
+        200,
+        "Dialogues running at once; a new description beyond them is refused (a FAILED "
+        "state for its request_id, a logged and counted rejection).",
+    ),
     ("max_goals", 16, "Localize goals live at once; more are rejected."),
     ("speak", False, "Speak questions with espeak-ng."),
     ("voice", "en", "espeak-ng voice."),
@@ -57,11 +69,16 @@ def dialogue_config(p: dict[str, Any]) -> DialogueConfig:
         temperature=float(p["temperature"]),
         request_timeout=float(p["request_timeout"]),
         max_resends=int(p["max_resends"]),
+        answer_timeout=float(p["answer_timeout"]) or None,
     )
 
 
 def pool_limits(p: dict[str, Any]) -> PoolLimits:
-    return PoolLimits(int(p["max_utterance_bytes"]), int(p["max_finished"]))
+    return PoolLimits(
+        max_utterance_bytes=int(p["max_utterance_bytes"]),
+        max_finished=int(p["max_finished"]),
+        max_live=int(p["max_live_dialogues"]),
+    )
 
 
 def id_prefix(p: dict[str, Any]) -> str:

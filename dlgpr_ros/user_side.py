@@ -39,6 +39,8 @@ class UserSide(Node):
         self.states: dict[str, list[DialogueState]] = {}
         """Dialogue id -> every state received, in order."""
         self._answered: set[tuple[str, int]] = set()
+        self.refusals: dict[str, str] = {}
+        """Request id -> why the manager refused that description (no dialogue started)."""
         self.counters: Counter[str] = Counter()
         self._pub = self.create_publisher(Utterance, "utterance", TOPIC_QOS["utterance"])
         self.create_subscription(
@@ -81,6 +83,15 @@ class UserSide(Node):
         return owner
 
     def _on_state(self, msg: DialogueState) -> None:
+        if not msg.dialogue_id:  # a refused description: no dialogue to own
+            with self._lock:
+                owner = self._pending.pop(msg.request_id, None) if msg.request_id else None
+                if owner is not None:
+                    self.refusals[msg.request_id] = msg.detail
+                    self.counters["refused"] += 1
+            if owner is not None:
+                self._on_refused(owner, msg)
+            return
         with self._lock:
             owner = self._claim(msg)
             if owner is None:
@@ -97,6 +108,10 @@ class UserSide(Node):
                 self._answered.add(key)
         if due:
             self._on_question(owner, msg)
+
+    def _on_refused(self, owner: str, msg: DialogueState) -> None:
+        """The manager refused `owner`'s description (`msg.detail` says why)."""
+        self.get_logger().warning(f"description refused: {msg.detail}")
 
     def _on_foreign_state(self, msg: DialogueState) -> None:
         """A state of a dialogue this user does not own (lock held); ignored by default."""

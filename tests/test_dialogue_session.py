@@ -8,27 +8,32 @@ update, the stop rule, stale events, cancel) is checked against hand-computed va
 from __future__ import annotations
 
 import math
+import tracemalloc
 from collections.abc import Sequence
+from dataclasses import replace
 
 import pytest
 
 from dlgpr_core.dialogue.questions import Question, free_question, presence_question
 from dlgpr_core.dialogue.session import (
+    Action,
     Answered,
     Ask,
     Asked,
     Cancel,
     DialogueSession,
+    Event,
     Finish,
     Notice,
     PublishState,
     Ranked,
+    RequestQuestion,
     RequestRetrieval,
     Tick,
     first,
     is_repeat,
 )
-from dlgpr_core.dialogue.sessions import PoolLimits, Reject, SessionPool
+from dlgpr_core.dialogue.sessions import PoolAction, PoolLimits, Reject, SessionPool
 from dlgpr_core.dialogue.state import DialogueConfig, Status
 from dlgpr_core.mapdb.report import PlaceHit
 
@@ -290,3 +295,152 @@ def test_pool_forgets_the_oldest_finished_dialogues_only() -> None:
     p.on_candidates(live, 0, hits(0.5, 0.5))
     assert live in p and finished[0] not in p and all(d in p for d in finished[1:])
     assert p.counters["finished"] == 3
+
+
+# --- bounded memory: the answer time-out, the cap on live dialogues, O(1) bookkeeping ------
+
+TIMED = replace(CFG, max_rounds=5, answer_timeout=60.0)
+
+
+def test_a_question_left_unanswered_ends_the_dialogue() -> None:
+    clock = Clock()
+    session, _ = begin(TIMED, clock=clock)
+    session.handle(Ranked(0, hits(0.5, 0.5)))
+    clock.t += 50  # the wait for the person counts from the question, not the ranking
+    session.handle(Asked(0, presence_question("tree"), "info-gain"))
+    assert session.deadline == clock.t + 60
+    clock.t += 59.9
+    assert session.handle(Tick()) == []
+    clock.t += 0.1
+    actions = session.handle(Tick())
+    assert kinds(actions) == ["PublishState", "Finish"]
+    s = session.state
+    assert s.stop_reason == "no_answer" and s.status == Status.FAILED and s.done
+    assert s.pending_question is None and s.phase == "done"
+    assert s.detail == (
+        "no answer to 'Is there a tree?' within 60 s (answer_timeout); "
+        "describe the place again to start a new dialogue"
+    )
+    # an answer in time restarts the clock for the next question
+    session, _ = begin(TIMED, clock=clock)
+    session.handle(Ranked(0, hits(0.5, 0.5)))
+    session.handle(Asked(0, presence_question("tree")))
+    clock.t += 59
+    session.handle(Answered("No."))
+    session.handle(Ranked(1, hits(0.5, 0.5)))
+    session.handle(Asked(1, presence_question("bench")))
+    clock.t += 59
+    assert session.handle(Tick()) == [] and not session.done
+    with pytest.raises(ValueError, match="answer_timeout"):
+        DialogueConfig(answer_timeout=0.0)
+
+
+def serve(p: SessionPool, actions: Sequence[PoolAction], clock: Clock | None = None) -> None:
+    """An instant retrieval node and questioner (no person): every ranking and question the
+    pool asks for is delivered at once, so dialogues reach "awaiting answer"."""
+    todo = list(actions)
+    while todo:
+        a = todo.pop(0)
+        if isinstance(a, RequestRetrieval):
+            todo += p.on_candidates(a.dialogue_id, a.round, hits(0.5, 0.5, 0.5, 0.5, 0.5))
+        elif isinstance(a, RequestQuestion):
+            q = presence_question(f"thing {a.state.round}")
+            todo += p.on_question(a.state.dialogue_id, a.state.round, q, "q")
+
+
+def timed_pool(clock: Clock, **limits: int) -> SessionPool:
+    return SessionPool(TIMED, id_prefix="f", clock=clock, limits=PoolLimits(**limits))
+
+
+def test_the_pool_refuses_descriptions_beyond_its_cap() -> None:
+    clock = Clock()
+    p = timed_pool(clock, max_live=3)
+    ids = []
+    for i in range(3):
+        did, actions = p.start(f"Place {i}.", request_id=f"r{i}")
+        serve(p, actions)
+        ids.append(did)
+    assert p.live == 3
+    did, (r,) = p.start("One more place.", request_id="r3")
+    assert did is None and isinstance(r, Reject)
+    assert r.request_id == "r3" and r.dialogue_id == "" and r.counter == "refused_full"
+    assert r.problem == (
+        "refused: 3 dialogues are live, the most this manager runs at once "
+        "(max_live_dialogues=3); finish or cancel one, or wait for one to time out "
+        "(answer_timeout 60 s), or raise max_live_dialogues"
+    )
+    # an utterance without an id is a description too, and is refused the same way
+    (r,) = p.on_utterance("", "And another.", request_id="r4")
+    assert isinstance(r, Reject) and r.counter == "refused_full"
+    assert p.counters["refused_full"] == 2 and p.counters["rejected"] == 2
+    # the dialogues already running are untouched; one ending makes room
+    assert all((x := p.get(str(d))) is not None and not x.done for d in ids)
+    p.cancel(str(ids[0]))
+    did, _ = p.start("Now there is room.")
+    assert did is not None and p.live == 3
+    with pytest.raises(ValueError):
+        PoolLimits(max_live=0)
+
+
+def test_a_flood_of_new_dialogues_stays_bounded_and_expires() -> None:
+    """The finding: 20,000 utterances of 9 KB without a dialogue id left 20,000 live
+    dialogues and 200 MB. Now the cap bounds the live ones, the answer time-out ends
+    them, and memory stops growing once the finished ones fill their budget."""
+    clock = Clock()
+    p = timed_pool(clock, max_live=100, max_finished=200)
+    text = "a street corner with a red door " * 280  # 9 KB
+    assert 8_900 < len(text.encode()) < 10_000
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        at: dict[int, int] = {}
+        for i in range(1, 20_001):
+            clock.t += 0.05  # 20 utterances a second for 1,000 s
+            serve(p, p.on_utterance("", text))
+            serve(p, p.tick())
+            assert p.live <= 100
+            if i in (10_000, 20_000):
+                at[i] = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    c = p.counters
+    assert c["started"] > 1000  # time-outs made room again and again
+    assert c["started"] + c["refused_full"] == 20_000
+    assert len(p) <= 100 + 200
+    # bounded (live + remembered dialogues of ~9 KB each), and flat over the second half
+    assert at[20_000] < 300 * 40_000, at
+    assert abs(at[20_000] - at[10_000]) < 0.1 * at[10_000], at
+    # after the time-out nothing is left running; every started dialogue ended visibly
+    clock.t += 61
+    serve(p, p.tick())
+    assert p.live == 0 and c["finished"] == c["started"]
+    remembered = [p.get(d) for d in list(p._finished)]
+    assert all(r is not None and r.state.stop_reason == "no_answer" for r in remembered)
+    # remembered dialogues keep their top-k candidates, not the whole ranking
+    assert all(r is not None and len(r.state.ranking) == TIMED.top_k for r in remembered)
+
+
+def test_a_tick_visits_only_the_dialogues_that_are_due(monkeypatch: pytest.MonkeyPatch) -> None:
+    """O(1) bookkeeping: with a thousand dialogues waiting for their people, a tick (the
+    node runs several a second) touches none of them until a deadline passes."""
+    clock = Clock()
+    p = timed_pool(clock, max_live=2000)
+    for i in range(1000):
+        clock.t += 0.01
+        serve(p, p.start(f"Place {i}.")[1])
+    handled: list[str] = []
+    original = DialogueSession.handle
+
+    def counting(self: DialogueSession, event: Event) -> list[Action]:
+        handled.append(self.dialogue_id)
+        return original(self, event)
+
+    monkeypatch.setattr(DialogueSession, "handle", counting)
+    for _ in range(50):
+        clock.t += 0.1
+        assert p.tick() == []
+    assert handled == []
+    clock.t = 100.0 + 5.0 + 60.0 + 0.005  # the first 500 deadlines have passed
+    finished = [a for a in p.tick() if isinstance(a, Finish)]
+    assert len(handled) == len(finished) == 500
+    assert p.live == 500

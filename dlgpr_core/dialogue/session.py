@@ -9,8 +9,9 @@ the synchronous `DialogueEngine` (evaluation, training data) and the ROS dialogu
 re-sends, the repeat rule, the belief, the answer update and the stop rule are here only.
 
     retrieving --Ranked--> awaiting question --Asked--> awaiting answer --Answered--> retrieving
-        |                        |                                                ...
-        +--(confident, round limit, no places, nothing to ask, repeat, time-out, cancel)--> done
+        |                        |                       |                        ...
+        +--(confident, round limit, no places, nothing to ask, repeat, time-out, no answer,
+            cancel)--> done
 
 Round r's ranking is made from d_r = concat(d0, a_1..a_r) (the reference formulas append
 answers only), re-scored by the optional answer update, then read as the belief
@@ -243,6 +244,17 @@ class DialogueSession:
     def done(self) -> bool:
         return self.state.done
 
+    @property
+    def deadline(self) -> float | None:
+        """When a `Tick` next changes something (a re-send or a time-out), on the session's
+        clock; None when no tick ever will (done, or no time-out for this phase). A driver
+        of many sessions ticks only those whose deadline has passed."""
+        s, cfg = self.state, self.config
+        if s.done:
+            return None
+        timeout = cfg.answer_timeout if s.phase == AWAITING_ANSWER else cfg.request_timeout
+        return None if timeout is None else self.sent_at + timeout
+
     # -- events ---------------------------------------------------------------------------
 
     def handle(self, event: Event) -> list[Action]:
@@ -323,6 +335,7 @@ class DialogueSession:
             detail=AWAITING_ANSWER,
         )
         self.resends = 0
+        self.sent_at = self.clock()  # the answer time-out counts from the question
         return [PublishState(self.state), Ask(self.state)]
 
     def _on_answered(self, ev: Answered) -> list[Action]:
@@ -351,13 +364,21 @@ class DialogueSession:
         return [RequestRetrieval(s.dialogue_id, s.round, s.query, self.config.k)]
 
     def _on_tick(self) -> list[Action]:
-        """Re-sends what a peer (restarted, not yet discovered) did not answer in time."""
+        """Re-sends what a peer (restarted, not yet discovered) did not answer in time; ends
+        a dialogue whose question the person left unanswered for `answer_timeout`."""
         s, cfg = self.state, self.config
+        deadline = self.deadline
+        if deadline is None or self.clock() < deadline:
+            return []
+        if s.phase == AWAITING_ANSWER:
+            asked = s.pending_question.text if s.pending_question is not None else "the question"
+            detail = (
+                f"no answer to {asked!r} within {cfg.answer_timeout:g} s (answer_timeout); "
+                "describe the place again to start a new dialogue"
+            )
+            return self._finish("no_answer", detail)
         timeout = cfg.request_timeout
-        if s.phase not in (RETRIEVING, AWAITING_QUESTION) or timeout is None:
-            return []
-        if self.clock() - self.sent_at < timeout:
-            return []
+        assert timeout is not None  # a deadline outside AWAITING_ANSWER comes from it
         peer = (
             "candidates from the retrieval node"
             if s.phase == RETRIEVING

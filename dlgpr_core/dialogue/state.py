@@ -33,6 +33,7 @@ StopReason = Literal[
     "no_candidates",
     "repeated",
     "timeout",
+    "no_answer",
     "rejected_answer",
     "cancelled",
 ]
@@ -56,6 +57,8 @@ STATUS_OF_REASON: dict[str, Status] = {
     "no_candidates": Status.FAILED,
     "repeated": Status.FAILED,
     "timeout": Status.FAILED,
+    # the person never answered (walked away): the dialogue cannot localise anything
+    "no_answer": Status.FAILED,
     "rejected_answer": Status.FAILED,
     "cancelled": Status.CANCELLED,
 }
@@ -70,7 +73,10 @@ class DialogueConfig:
     dialogue early once the top-1 belief reaches it (None: always run `max_rounds`).
     `request_timeout` is how long a session waits for a ranking or a question before it
     re-sends the request (None: never, as for the synchronous engine); after `max_resends`
-    re-sends the dialogue fails naming the silent peer.
+    re-sends the dialogue fails naming the silent peer. `answer_timeout` is how long a
+    question waits for the person's answer before the dialogue fails with "no_answer"
+    (None: for ever, as for the engine's simulated users); without it a robot that heard
+    descriptions and never the answers would keep every such dialogue alive for ever.
     """
 
     max_rounds: int = 5
@@ -84,6 +90,7 @@ class DialogueConfig:
     recomputes it."""
     request_timeout: float | None = None
     max_resends: int = 3
+    answer_timeout: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_rounds < 0 or self.top_k < 1 or self.temperature <= 0:
@@ -92,6 +99,8 @@ class DialogueConfig:
             raise ValueError(f"confidence must be in (0, 1] or None, got {self.confidence}")
         if self.request_timeout is not None and self.request_timeout <= 0:
             raise ValueError(f"request_timeout must be > 0 or None, got {self.request_timeout}")
+        if self.answer_timeout is not None and self.answer_timeout <= 0:
+            raise ValueError(f"answer_timeout must be > 0 or None, got {self.answer_timeout}")
         if self.max_resends < 0:
             raise ValueError(f"max_resends must be >= 0, got {self.max_resends}")
 
