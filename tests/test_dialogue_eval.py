@@ -12,6 +12,7 @@ import json
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +34,16 @@ from dlgpr_core.dialogue.questions import (
     free_question,
     presence_question,
 )
-from dlgpr_core.evaluation.log import DialogueLog
+from dlgpr_core.evaluation.log import DialogueLog, DialogueRecord, SettingsMismatchError
 from dlgpr_core.evaluation.oracle import oracle_place_evidence, oracle_source
-from dlgpr_core.evaluation.runner import Condition, EvalSettings, evaluate_city
+from dlgpr_core.evaluation.runner import (
+    Condition,
+    EvalSettings,
+    Table1Run,
+    evaluate_city,
+    questioner_settings,
+    run_table1,
+)
 from dlgpr_core.evaluation.summary import (
     plot_recall,
     summarise_records,
@@ -219,6 +227,91 @@ def test_records_are_logged_resumable_and_reproducible(
     assert sorted(map(json.dumps, again)) == sorted(map(json.dumps, strip))
 
 
+def test_resume_refuses_a_log_run_with_other_settings(
+    places: list[PlaceAnnotation], by_id: dict[str, PlaceAnnotation], tmp_path: Path
+) -> None:
+    """Resuming into a log of other rounds, confidence or seed used to skip every logged
+    dialogue (or, for a seed, add a second set averaged into one row). Each is refused,
+    naming the setting, and the log loses nothing; the same settings still resume."""
+    settings = EvalSettings(n=4, max_rounds=3, confidence=None, seed=3)
+    log = DialogueLog(tmp_path / "dialogues.jsonl")
+    assert len(_run(places, by_id, log, "random", "evidence", settings)) == 4
+    assert {json.dumps(r.settings, sort_keys=True) for r in log.read()} == {
+        json.dumps(settings.recorded(), sort_keys=True)
+    }
+    before = log.path.read_text()
+    for changed, named in (
+        (replace(settings, max_rounds=2), "rounds 3 (logged) vs 2 (now)"),
+        (replace(settings, confidence=0.5), "confidence unset (logged) vs 0.5 (now)"),
+        (replace(settings, seed=4), "seed 3 (logged) vs 4 (now)"),
+        (replace(settings, top_k=5), "top_k 10 (logged) vs 5 (now)"),
+    ):
+        with pytest.raises(SettingsMismatchError, match="other settings") as e:
+            _run(places, by_id, log, "random", "evidence", changed)
+        assert named in str(e.value) and "another --out" in str(e.value)
+        assert log.path.read_text() == before
+    # Another condition (questioner) in the same log is kept apart, not refused.
+    assert len(_run(places, by_id, log, "info-gain", "evidence", replace(settings, seed=4))) == 4
+    assert _run(places, by_id, log, "random", "evidence", settings) == []
+    # A log written before settings were recorded cannot be checked: refused too.
+    legacy = DialogueLog(tmp_path / "legacy.jsonl")
+    legacy.path.write_text(
+        "\n".join(
+            json.dumps({k: v for k, v in json.loads(x).items() if k != "settings"})
+            for x in before.splitlines()
+        )
+        + "\n"
+    )
+    with pytest.raises(SettingsMismatchError, match="without their settings"):
+        _run(places, by_id, legacy, "random", "evidence", settings)
+    # Two seeds of one condition are never averaged into one row.
+    mixed = log.read() + [replace(r, settings={**r.settings, "seed": 4}) for r in log.read()]
+    with pytest.raises(ValueError, match="different settings"):
+        summarise_records(mixed, 3)
+
+
+def test_table1_run_refuses_other_models_before_any_work(tmp_path: Path) -> None:
+    """`run_table1` checks the log against --model / --adapter / --llm (for the
+    questioners that use them) before building a map or loading a model."""
+    data = tmp_path / "data"
+    generate_city(data, "Evaltown", 6, 1, seed=11, image_size=(64, 48), progress=False)
+    out = tmp_path / "out"
+    settings = EvalSettings(n=2, max_rounds=2, confidence=None, seed=0)
+    base = {**settings.recorded(), "encoder": "enc", "annotations": "ann"}
+    logged = [
+        DialogueRecord(
+            "Evaltown", name, "evidence", f"Evaltown:{i}:0", f"Evaltown:{i}", "d0", [], [],
+            [3], "max_rounds", 0, [], [], "learned", "facts", 0,
+            {**base, **questioner_settings(name, {"model": "vlm-A", "adapter": "lora-A",
+                                                  "llm": "llm-A"})},
+        )
+        for name in ("dq-pilot", "plugir")
+        for i in range(2)
+    ]  # fmt: skip
+    log = DialogueLog(out / "dialogues.jsonl")
+    for r in logged:
+        log.append(r)
+
+    def run(questioner: str, **options: str) -> None:
+        run_table1(
+            Table1Run(
+                data=data, cities=["Evaltown"], questioners=[questioner], updates=["evidence"],
+                settings=settings, out=out, model_options=options,
+            )
+        )  # fmt: skip
+
+    for questioner, options, named in (
+        ("dq-pilot", {"model": "vlm-B", "adapter": "lora-A"}, "model 'vlm-A' (logged)"),
+        ("dq-pilot", {"model": "vlm-A"}, "adapter 'lora-A' (logged) vs unset (now)"),
+        ("plugir", {"llm": "llm-B"}, "llm 'llm-A' (logged) vs 'llm-B' (now)"),
+    ):
+        with pytest.raises(SettingsMismatchError) as e:
+            run(questioner, **options)
+        assert named in str(e.value), str(e.value)
+    assert not (out / "maps").exists()
+    assert log.read() == logged
+
+
 def test_table_matches_the_logged_ranks(
     places: list[PlaceAnnotation], by_id: dict[str, PlaceAnnotation], tmp_path: Path
 ) -> None:
@@ -267,7 +360,12 @@ def test_lockstep_batches_questions_without_changing_results(
     places: list[PlaceAnnotation], by_id: dict[str, PlaceAnnotation], tmp_path: Path
 ) -> None:
     def strip(records):
-        return [{k: v for k, v in r.__dict__.items() if not k.endswith("_ms")} for r in records]
+        # Timings differ, and so does the recorded batch size (nothing else may).
+        return [
+            {k: v for k, v in r.__dict__.items() if not k.endswith("_ms") and k != "settings"}
+            | {"settings": {k: v for k, v in r.settings.items() if k != "batch_size"}}
+            for r in records
+        ]
 
     results = {}
     made: list[_CountingInfoGain] = []
@@ -352,6 +450,14 @@ def test_dlgpr_eval_command_end_to_end(tmp_path: Path) -> None:
         wrong = [*args[: i + 1], value, *args[i + 2 :]]
         proc = subprocess.run(wrong, capture_output=True, text=True, timeout=300, check=False)
         assert proc.returncode == 2 and words in proc.stderr, proc.stderr[-2000:]
+        assert (out / "dialogues.jsonl").read_text().splitlines() == lines
+    # Other settings into the same --out: refused, naming them; nothing relabelled.
+    for extra, words in ((["--rounds", "1"], "rounds 2"), (["--seed", "1"], "seed 0")):
+        i = args.index("--out")
+        wrong = [*args[:i], *extra, *args[i:]]
+        proc = subprocess.run(wrong, capture_output=True, text=True, timeout=300, check=False)
+        message = " ".join(proc.stderr.split())
+        assert proc.returncode == 2 and words in message and "--out" in message, message[-2000:]
         assert (out / "dialogues.jsonl").read_text().splitlines() == lines
 
 

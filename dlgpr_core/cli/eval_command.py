@@ -76,7 +76,8 @@ def dialogue_eval(
     """Table 1: simulated dialogues per questioner on held-out cities (resumable, seeded).
 
     Starts every dialogue from the place's vague caption; a simulated user answers.
-    Rerunning with the same --out continues where an interrupted run stopped.
+    Rerunning with the same --out and settings continues where an interrupted run stopped;
+    other settings (rounds, confidence, seed, models, ...) into the same --out are refused.
     """
     from tqdm import tqdm
 

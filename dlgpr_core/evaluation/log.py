@@ -3,13 +3,20 @@
 Every finished dialogue is appended at once, keyed by (city, questioner, update, evidence,
 user, dialogue id); a rerun skips what the log holds, so an interrupted evaluation resumes,
 and a torn last line (a crash mid-write) costs only the dialogue that was in flight.
+
+Each record also carries the settings it ran with (rounds, confidence, seed, the models,
+the encoder, ...): a rerun into the same log with other settings would otherwise skip every
+dialogue and label the old records with the new settings, or average two seeds into one
+row. `check_settings` refuses that, naming what differs.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,9 @@ class DialogueRecord:
     """Who answered: facts (exact), rephrased (a person's words), rephrased+asr, llm:..."""
     unread: int = 0
     """Answers the robot could not read (its reading failures)."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """What the dialogue ran with beyond its key (rounds, confidence, seed, models,
+    encoder, ...); empty only in logs written before settings were recorded."""
 
     @property
     def key(self) -> tuple[str, ...]:
@@ -78,3 +88,53 @@ class DialogueLog:
             # After a crash mid-line, start a fresh line so the torn one stays alone.
             f.write(("\n" if torn else "") + json.dumps(asdict(record), ensure_ascii=False) + "\n")
             f.flush()
+
+
+class SettingsMismatchError(ValueError):
+    """The log holds dialogues of the same conditions run with other settings."""
+
+
+def _show(value: object) -> str:
+    return "unset" if value is None else repr(value)
+
+
+def check_settings(
+    records: Iterable[DialogueRecord],
+    expected: Callable[[DialogueRecord], Mapping[str, Any] | None],
+    path: Path,
+    only_given: bool = False,
+) -> None:
+    """Refuse (`SettingsMismatchError`) when a record differs from the settings `expected`
+    gives for it (None: the record belongs to another run, not compared). With
+    `only_given`, keys the expectation does not name are not compared (settings known only
+    later, e.g. a city's encoder once its map is open). The message names each differing
+    setting with its logged and its current value."""
+    diffs: dict[str, tuple[object, object]] = {}
+    unrecorded = 0
+    for record in records:
+        want = expected(record)
+        if want is None:
+            continue
+        if not record.settings:
+            unrecorded += 1
+            continue
+        keys = set(want) if only_given else set(want) | set(record.settings)
+        for key in sorted(keys):
+            old, new = record.settings.get(key), want.get(key)
+            if old != new and key not in diffs:
+                diffs[key] = (old, new)
+    advice = "use another --out, or rerun with the logged settings"
+    if unrecorded:
+        raise SettingsMismatchError(
+            f"{path} holds {unrecorded} dialogue(s) of these conditions logged without their "
+            f"settings (an older dlgpr), so a resume cannot tell whether they match: {advice}"
+        )
+    if diffs:
+        shown = ", ".join(
+            f"{key} {_show(old)} (logged) vs {_show(new)} (now)"
+            for key, (old, new) in diffs.items()
+        )
+        raise SettingsMismatchError(
+            f"{path} holds dialogues of these conditions run with other settings: {shown}; "
+            f"resuming would skip them and report them under this run's settings: {advice}"
+        )

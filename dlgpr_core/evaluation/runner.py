@@ -8,6 +8,7 @@ dialogue's index, so a resumed run gives exactly the numbers of an uninterrupted
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -24,7 +25,7 @@ from dlgpr_core.dialogue.questioner import Questioner
 from dlgpr_core.dialogue.questions import Question
 from dlgpr_core.dialogue.registry import QUESTIONERS, SEEDED, make_questioner
 from dlgpr_core.dialogue.state import DialogueConfig, DialogueState
-from dlgpr_core.evaluation.log import DialogueLog, DialogueRecord
+from dlgpr_core.evaluation.log import DialogueLog, DialogueRecord, check_settings
 from dlgpr_core.evaluation.oracle import ORACLE, OracleQuestioner, write_oracle_evidence
 from dlgpr_core.evaluation.summary import TableRow, plot_recall, summarise_records, write_table
 from dlgpr_core.evidence.knowledge import EvidenceSource
@@ -132,6 +133,19 @@ class EvalSettings:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
+    def recorded(self) -> dict[str, Any]:
+        """The settings each logged dialogue carries: everything here that changes a
+        dialogue, under the command line's names. Not `n`: a larger n extends the same
+        seeded choice of targets, a smaller one reports a prefix of it."""
+        return {
+            "rounds": self.max_rounds,
+            "confidence": self.confidence,
+            "seed": self.seed,
+            "top_k": self.top_k,
+            "temperature": self.temperature,
+            "batch_size": self.batch_size,
+        }
+
 
 def evaluate_city(
     search: SearchFn,
@@ -145,12 +159,26 @@ def evaluate_city(
     done: set[tuple[str, ...]] | None = None,
     make_user: UserFactory | None = None,
     on_dialogue: Callable[[DialogueRecord], None] | None = None,
+    recorded: Mapping[str, Any] | None = None,
 ) -> Iterator[DialogueRecord]:
     """Run (or skip, when logged) one dialogue per chosen place; yields each record.
 
     `search` ranks the map (`map_search` for a real one); `map_size` is its number of
-    places, so that ranks are whole-map ranks.
+    places, so that ranks are whole-map ranks. Every record carries `settings.recorded()`
+    plus `recorded` (the models, the encoder, ...). Without `done` the log is read here and
+    refused (`SettingsMismatchError`) when it holds this condition's dialogues run with other
+    settings; a caller passing `done` has checked that already (`run_table1` does).
     """
+    expected = {**settings.recorded(), **(recorded or {})}
+    if done is None:
+        records = log.read()
+        cities = {p.city for p in places}
+        check_settings(
+            records,
+            lambda r: expected if r.city in cities and _same(r, condition) else None,
+            log.path,
+        )
+        done = {r.key for r in records}
     cfg = DialogueConfig(
         max_rounds=settings.max_rounds,
         top_k=settings.top_k,
@@ -162,7 +190,6 @@ def evaluate_city(
         EvidenceUpdate(evidence, settings.temperature) if condition.update == "evidence" else None
     )
     users = make_user or user_factory(condition.user)
-    done = done if done is not None else {r.key for r in log.read()}
     todo = [
         (i, place, f"{place.city}:{place.place_id}:{settings.seed}")
         for i, place in enumerate(_chosen(places, settings.n, settings.seed))
@@ -180,7 +207,7 @@ def evaluate_city(
             [users(p, settings.seed * 1_000_003 + i) for i, p, _ in chunk],
         )
         for (_, place, did), states, ms in zip(chunk, histories, round_ms, strict=True):
-            record = _record(place, did, condition, states, timed.ms.get(did, []), ms)
+            record = _record(place, did, condition, states, timed.ms.get(did, []), ms, expected)
             log.append(record)
             done.add(record.key)
             if on_dialogue is not None:
@@ -192,6 +219,16 @@ def _key(city: str, c: Condition, dialogue_id: str) -> tuple[str, ...]:
     return (city, c.questioner, c.update, c.evidence, c.user, dialogue_id)
 
 
+def _same(r: DialogueRecord, c: Condition) -> bool:
+    """The record is one of condition `c`'s dialogues (in any city)."""
+    return (r.questioner, r.update, r.evidence, r.user) == (
+        c.questioner,
+        c.update,
+        c.evidence,
+        c.user,
+    )
+
+
 def _record(
     place: PlaceAnnotation,
     did: str,
@@ -199,6 +236,7 @@ def _record(
     states: Sequence[DialogueState],
     question_ms: Sequence[float],
     round_ms: Sequence[float],
+    settings: Mapping[str, Any],
 ) -> DialogueRecord:
     state = states[-1]
     target = namespaced_place_id(place.city, place.place_id)
@@ -220,6 +258,7 @@ def _record(
         unread=sum(read_answer(q, a) is None for q, a in pairs),
         question_ms=[round(x, 3) for x in question_ms],
         round_ms=[round(x, 3) for x in round_ms],
+        settings=dict(settings),
     )
 
 
@@ -288,6 +327,30 @@ def questioner_factories(
     return out
 
 
+MODEL_OPTIONS: dict[str, tuple[str, ...]] = {
+    "dq-pilot": ("model", "adapter"),
+    "vlm-zero-shot": ("model",),
+    "plugir": ("llm",),
+}
+"""The model options each questioner uses (`questioner_factories` passes the others on
+unused): they are part of its dialogues' recorded settings, and only of its."""
+
+
+def questioner_settings(name: str, options: Mapping[str, str]) -> dict[str, str | None]:
+    """The model options questioner `name` runs with (None: its default)."""
+    return {k: options.get(k) for k in MODEL_OPTIONS.get(name, ())}
+
+
+def file_digest(path: Path) -> str:
+    """A short content hash: the annotations a city's dialogues were drawn from (another
+    --data with the same city names must not resume into the same log)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 def _shared(questioner: Questioner) -> QuestionerFactory:
     """One questioner for every dialogue (a model loaded once)."""
     return lambda _seed, _targets: questioner
@@ -337,19 +400,40 @@ def run_table1(
     from dlgpr_core.mapdb.access import open_or_create_map
 
     log = DialogueLog(run.out / "dialogues.jsonl")
-    done = {r.key for r in log.read()}
+    logged = log.read()
     conditions = run.conditions()
     wanted = {_key(city, c, "")[:-1] for city in run.cities for c in conditions}
+    base = run.settings.recorded()
+
+    def expected(extra: Mapping[str, Any]) -> Callable[[DialogueRecord], dict[str, Any] | None]:
+        def of(r: DialogueRecord) -> dict[str, Any] | None:
+            if r.key[:-1] not in wanted:
+                return None  # another run's conditions: left alone
+            return {**base, **questioner_settings(r.questioner, run.model_options), **extra}
+
+        return of
+
+    # Before any map is built or model loaded; the encoder and the annotations are
+    # compared per city once known.
+    check_settings(logged, expected({}), log.path, only_given=True)
+    done = {r.key for r in logged}
     for key in done:
         if key[:-1] in wanted and on_dialogue is not None:
             on_dialogue()
     encoder_name = run.encoder
+    chosen: set[tuple[str, str]] = set()
     for city in run.cities:
         ann = run.data / "Annotations" / f"{city}.jsonl"
         if not ann.exists():
             raise FileNotFoundError(f"no annotations for {city}: expected {ann}")
         places = read_annotations(ann)
+        chosen |= {
+            (p.city, f"{p.city}:{p.place_id}:{run.settings.seed}")
+            for p in _chosen(places, run.settings.n, run.settings.seed)
+        }
         db, enc = open_or_create_map((run.maps or run.out / "maps") / city, run.encoder)
+        per_city = {"encoder": enc.fingerprint, "annotations": file_digest(ann)}
+        check_settings([r for r in logged if r.city == city], expected(per_city), log.path)
         report = db.build(scan_dataset(run.data, fmt="gsv", cities=[city]), enc, progress=False)
         if report.added and say is not None:
             say(f"map of {city}: {report.render()}")
@@ -368,12 +452,23 @@ def run_table1(
             )
             for c in (c for c in conditions if c.evidence == name):
                 make, search = factories[c.questioner]
+                extra = {**questioner_settings(c.questioner, run.model_options), **per_city}
                 for _ in evaluate_city(
-                    search, db.info().n_places, places, c, make, source, run.settings, log, done
+                    search,
+                    db.info().n_places,
+                    places,
+                    c,
+                    make,
+                    source,
+                    run.settings,
+                    log,
+                    done,
+                    recorded=extra,
                 ):
                     if on_dialogue is not None:
                         on_dialogue()
-    records = [r for r in log.read() if r.key[:-1] in wanted]
+    # This run's dialogues only: a smaller --n reports its own prefix of the targets.
+    records = [r for r in log.read() if r.key[:-1] in wanted and (r.city, r.dialogue_id) in chosen]
     rows = summarise_records(records, run.settings.max_rounds)
     meta = {
         "data": str(run.data),

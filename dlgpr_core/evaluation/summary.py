@@ -81,12 +81,20 @@ def summarise_records(
     records: Sequence[DialogueRecord], max_rounds: int, ks: Sequence[int] = (1, 5, 10)
 ) -> list[TableRow]:
     """Group records by condition (city, questioner, update, evidence, user) and compute
-    each group's row."""
+    each group's row. A group whose records ran with different settings (two seeds, other
+    rounds) is refused rather than averaged into one row."""
     groups: dict[tuple[str, str, str, str, str], list[DialogueRecord]] = {}
     for r in records:
         groups.setdefault((r.city, r.questioner, r.update, r.evidence, r.user), []).append(r)
     rows = []
     for (city, qn, upd, ev, who), rs in sorted(groups.items()):
+        kinds = {json.dumps(r.settings, sort_keys=True, default=str) for r in rs}
+        if len(kinds) > 1:
+            raise ValueError(
+                f"the dialogues of {city} / {qn} / {upd} / {ev} / {who} ran with "
+                f"{len(kinds)} different settings ({' | '.join(sorted(kinds))[:600]}); "
+                "summarise each run on its own"
+            )
         ranks = np.array(
             [(r.ranks + [r.ranks[-1]] * (max_rounds + 1))[: max_rounds + 1] for r in rs],
             dtype=np.int64,
