@@ -88,6 +88,33 @@ def test_rebuild_adds_nothing_and_info_reports_counts(city: Path) -> None:
     assert "places:     24" in info and "images:     48" in info
 
 
+def test_map_built_with_a_relative_checkpoint_answers_from_another_directory(
+    city: Path, tmp_path: Path
+) -> None:
+    """Issue 13, finding 7: `--checkpoint heads.safetensors` typed in the build directory
+    used to be recorded as typed, so a query (or a node) started elsewhere failed with
+    "No such file or directory: heads.safetensors"."""
+    from dlgpr_core.encoders.factory import DEFAULT_CHECKPOINT
+
+    work, other = tmp_path / "work", tmp_path / "other"
+    work.mkdir()
+    other.mkdir()
+    shutil.copy(DEFAULT_CHECKPOINT, work / "heads.safetensors")
+    assert DLGPR
+    built = subprocess.run(
+        [DLGPR, "map", "build", str(city), "--map", str(tmp_path / "map"), "--checkpoint",
+         "heads.safetensors", "--evidence", "none"],
+        cwd=work, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr[-3000:]
+    query = subprocess.run(
+        [DLGPR, "map", "query", "a bank", "--map", str(tmp_path / "map"), "--json"],
+        cwd=other, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert query.returncode == 0, query.stderr[-3000:]
+    assert json.loads(query.stdout)[0]["place_id"].startswith("Clitown:")
+
+
 def test_missing_map_is_a_clear_error(tmp_path: Path) -> None:
     proc = run("map", "query", "a bank", "--map", tmp_path / "nowhere", ok=False)
     assert proc.returncode == 2

@@ -475,17 +475,21 @@ def test_map_of_an_older_schema_is_refused_untouched(tmp_path: Path) -> None:
         MapDatabase.open(directory)
 
 
-def test_encoder_choice_follows_the_recorded_spec(tmp_path: Path) -> None:
+def test_encoder_choice_follows_the_recorded_spec(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """No flag: the recorded encoder with its checkpoint; another encoder never gets the
     recorded checkpoint; an explicit checkpoint always wins; nothing recorded: the default."""
     with MapDatabase.create(tmp_path / "bare", "fp", 4) as db:
         assert db.encoder_choice() == ("dlgpr-lite", None)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "x" / "best").mkdir(parents=True)
+    (tmp_path / "runs" / "x" / "best" / "model.safetensors").write_bytes(b"weights")
+    weights = (tmp_path / "runs" / "x" / "best" / "model.safetensors").as_posix()
     with MapDatabase.create(tmp_path / "map", "fp", 4) as db:
         db.set_encoder_spec("cmpl:runs/x/best", "runs/x/best/model.safetensors")
-        assert db.encoder_choice() == ("cmpl:runs/x/best", "runs/x/best/model.safetensors")
-        assert db.encoder_choice("cmpl:runs/x/best")[1] == "runs/x/best/model.safetensors"
+        name = f"cmpl:{tmp_path.as_posix()}/runs/x/best"  # recorded resolved (finding 7)
+        assert db.encoder_choice() == (name, weights)
+        assert db.encoder_choice(name)[1] == weights
         assert db.encoder_choice("dlgpr-lite") == ("dlgpr-lite", None)
-        assert db.encoder_choice(None, tmp_path / "w.st") == (
-            "cmpl:runs/x/best",
-            str(tmp_path / "w.st"),
-        )
+        assert db.encoder_choice(None, tmp_path / "w.st") == (name, str(tmp_path / "w.st"))

@@ -142,3 +142,63 @@ def test_unreadable_map_names_the_permission_problem(built_map: Path) -> None:
     with pytest.raises(MapError, match="permission denied reading the map") as caught:
         MapDatabase.open(built_map)
     assert "not a readable map" not in str(caught.value)
+
+
+def test_recorded_checkpoint_is_found_from_any_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding 7: ``--checkpoint heads.safetensors`` typed in the build directory is recorded
+    resolved, so a node started from elsewhere loads it; a checkpoint inside the map
+    directory is recorded relative to it, so the map can move with its weights."""
+    build_dir, elsewhere = tmp_path / "build", tmp_path / "elsewhere"
+    (build_dir / "maps").mkdir(parents=True)
+    elsewhere.mkdir()
+    (build_dir / "heads.safetensors").write_bytes(b"weights")
+    monkeypatch.chdir(build_dir)
+    with MapDatabase.create(build_dir / "maps" / "a", "fp", 4) as db:
+        db.set_encoder_spec("dlgpr-lite", "heads.safetensors")
+    monkeypatch.chdir(elsewhere)
+    with MapDatabase.open(build_dir / "maps" / "a") as db:
+        name, checkpoint = db.encoder_choice()
+    assert name == "dlgpr-lite"
+    assert checkpoint == (build_dir / "heads.safetensors").as_posix()
+
+    monkeypatch.chdir(build_dir)
+    inside = build_dir / "maps" / "b"
+    with MapDatabase.create(inside, "fp", 4) as db:
+        (inside / "heads.safetensors").write_bytes(b"weights")
+        db.set_encoder_spec("dlgpr-lite", "maps/b/heads.safetensors")
+    moved = tmp_path / "robot" / "map"
+    moved.parent.mkdir()
+    inside.rename(moved)
+    monkeypatch.chdir(elsewhere)
+    with MapDatabase.open(moved) as db:
+        assert db.encoder_choice()[1] == (moved / "heads.safetensors").as_posix()
+        assert db.encoder_spec()["checkpoint"] == (moved / "heads.safetensors").as_posix()
+
+
+def test_old_map_with_a_relative_checkpoint_loads_from_its_build_dir_else_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    build_dir = tmp_path / "build"
+    build_dir.mkdir()
+    (build_dir / "heads.safetensors").write_bytes(b"weights")
+    with MapDatabase.create(tmp_path / "map", "fp", 4):
+        pass
+    with sqlite3.connect(tmp_path / "map" / "map.sqlite") as conn:  # as older dlgpr wrote it
+        conn.execute(
+            "INSERT INTO meta VALUES ('encoder.name', 'dlgpr-lite'), "
+            "('encoder.checkpoint', 'heads.safetensors')"
+        )
+    conn.close()
+    monkeypatch.chdir(build_dir)
+    with MapDatabase.open(tmp_path / "map") as db:
+        assert db.encoder_choice()[1] == (build_dir / "heads.safetensors").as_posix()
+    monkeypatch.chdir(tmp_path)
+    with MapDatabase.open(tmp_path / "map") as db:
+        with pytest.raises(MapError) as caught:
+            db.encoder_choice()
+        assert db.encoder_choice("dlgpr-lite", "/explicit.st")[1] == "/explicit.st"
+    message = str(caught.value)
+    assert "'heads.safetensors' relative to the directory the map was built from" in message
+    assert "--checkpoint PATH" in message

@@ -135,7 +135,7 @@ class MapDatabase:
     def fine_shape(self) -> FineShape | None:
         return self._map.fine_shape
 
-    def set_encoder_spec(self, name: str, checkpoint: str | None) -> None:
+    def set_encoder_spec(self, name: str, checkpoint: str | Path | None) -> None:
         """Record how to re-create the encoder; see `MapDirectory.set_encoder_spec`."""
         self._map.set_encoder_spec(name, checkpoint)
 

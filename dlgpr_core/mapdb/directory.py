@@ -19,6 +19,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from dlgpr_core.encoders.base import Encoder, FineEncoder
+from dlgpr_core.mapdb.encoder_paths import (
+    MAP_BASE,
+    record_checkpoint,
+    record_name,
+    resolve_checkpoint,
+)
 from dlgpr_core.mapdb.errors import MapError
 from dlgpr_core.mapdb.index import EXACT_FILE, ExactIndex
 from dlgpr_core.mapdb.schema import SCHEMA_VERSION
@@ -164,37 +170,60 @@ class MapDirectory:
         return self.store.get_meta("generation") or "0"
 
     # -- the encoder the map was built with -----------------------------------------
-    def set_encoder_spec(self, name: str, checkpoint: str | None) -> None:
-        """Remember how to re-create the encoder, so later commands need no encoder flags."""
+    def set_encoder_spec(self, name: str, checkpoint: str | Path | None) -> None:
+        """Remember how to re-create the encoder, so later commands need no encoder flags.
+
+        Paths are recorded resolved against the current directory (relative to the map
+        directory when they lie inside it), see `dlgpr_core.mapdb.encoder_paths`.
+        """
         self.require_writable("record the encoder")
         with self.lock:
             self.store.begin()
-            self.store.set_meta("encoder.name", name)
+            self.store.set_meta("encoder.name", record_name(name))
+            self.store.delete_meta("encoder.checkpoint")
+            self.store.delete_meta("encoder.checkpoint_base")
             if checkpoint:
-                self.store.set_meta("encoder.checkpoint", checkpoint)
-            else:
-                self.store.delete_meta("encoder.checkpoint")
+                path, base = record_checkpoint(checkpoint, self.directory)
+                self.store.set_meta("encoder.checkpoint", path)
+                if base:
+                    self.store.set_meta("encoder.checkpoint_base", base)
             self.store.commit()
 
     def encoder_spec(self) -> dict[str, str]:
-        """``{"name": ..., "checkpoint": ...}`` as set; keys absent where never recorded."""
+        """``{"name": ..., "checkpoint": ...}`` as recorded (a checkpoint inside the map
+        directory joined to it); keys absent where never recorded."""
         with self.lock:
             meta = self.store.all_meta()
-        return {k.removeprefix("encoder."): v for k, v in meta.items() if k.startswith("encoder.")}
+        spec = {
+            k.removeprefix("encoder."): v
+            for k, v in meta.items()
+            if k.startswith("encoder.") and k != "encoder.checkpoint_base"
+        }
+        if "checkpoint" in spec and meta.get("encoder.checkpoint_base") == MAP_BASE:
+            spec["checkpoint"] = (self.directory / spec["checkpoint"]).as_posix()
+        return spec
 
     def encoder_choice(
         self, name: str | None = None, checkpoint: str | Path | None = None
     ) -> tuple[str, str | None]:
         """(encoder spec, checkpoint) to query this map with: the named encoder, else the
         one recorded at creation; the recorded checkpoint goes only with the recorded
-        encoder, so a map needs no --encoder flag and never lends its weights to another."""
+        encoder, so a map needs no --encoder flag and never lends its weights to another.
+        A recorded checkpoint is found from any working directory, or refused clearly
+        (`encoder_paths.resolve_checkpoint`)."""
         from dlgpr_core.encoders.factory import DEFAULT_NAME
 
-        spec = self.encoder_spec()
-        chosen = name or spec.get("name") or DEFAULT_NAME
+        with self.lock:
+            meta = self.store.all_meta()
+        recorded_name = meta.get("encoder.name")
+        chosen = name or recorded_name or DEFAULT_NAME
         if checkpoint:
             return chosen, str(checkpoint)
-        return chosen, spec.get("checkpoint") if chosen == spec.get("name") else None
+        recorded = meta.get("encoder.checkpoint")
+        if chosen != recorded_name or not recorded:
+            return chosen, None
+        base = meta.get("encoder.checkpoint_base")
+        return chosen, resolve_checkpoint(recorded, base, self.directory)
 
     def check_encoder(self, encoder: Encoder) -> None:
         """Embeddings of different encoders are not comparable: refuse, never mix."""
