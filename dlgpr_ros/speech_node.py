@@ -21,6 +21,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +54,15 @@ MAX_CHANNELS = 64
 QUEUE_CHUNKS = 3000
 """Backlog bound (~5 min of 100 ms chunks): beyond it chunks are dropped and counted rather
 than letting a stuck worker grow memory without limit."""
+QUEUE_BYTES = 128 * 1024 * 1024
+"""The same backlog bounded in decoded bytes: 3000 chunks of the largest accepted size would
+be gigabytes."""
+MAX_CHUNK_BYTES = 1024 * 1024
+"""Default `max_chunk_bytes`: ~2.7 s of 48 kHz stereo float32, 32 s of 16 kHz mono int16;
+chunks are meant to be ~100 ms."""
+TIMINGS_KEPT = 1000
+"""Utterance timings kept for diagnostics (the latest; a node that runs for weeks must not
+keep one per utterance for ever)."""
 
 
 @dataclass
@@ -101,7 +111,8 @@ class SpeechStats:
     drop_reasons: dict[str, int] = field(default_factory=dict)
     pipeline_errors: int = 0
     utterances_published: int = 0
-    timings: list[UtteranceTiming] = field(default_factory=list)
+    timings: deque[UtteranceTiming] = field(default_factory=lambda: deque(maxlen=TIMINGS_KEPT))
+    """The latest `TIMINGS_KEPT` utterances' timings, oldest first."""
 
 
 def _descriptor(kind: int, description: str) -> ParameterDescriptor:
@@ -157,15 +168,20 @@ class SpeechNode(Node):
              "Spoken language code for Whisper and for typed text; empty = auto-detect"),
             ("warmup", True, p_bool,
              "Decode a second of silence at start so the first answer is not slower"),
+            ("max_chunk_bytes", MAX_CHUNK_BYTES, p_int,
+             "Largest serialized AudioChunk accepted (data and metadata); larger ones are "
+             "dropped and counted (too_large) before decoding"),
         ]  # fmt: skip
         for name, default, kind, description in declared:
             self.declare_parameter(name, default, _descriptor(kind, description))
         self.language = str(self.get_parameter("language").value).strip()
+        self.max_chunk_bytes = int(self.get_parameter("max_chunk_bytes").value)
 
         self.stats = SpeechStats()
         self._lock = threading.Lock()
         self._awaiting: tuple[str, int] | None = None  # (dialogue_id, question round)
         self._queue: queue.Queue[_Job] = queue.Queue(maxsize=QUEUE_CHUNKS)
+        self._queued_bytes = 0  # decoded samples waiting in the queue (under the lock)
         self.pipeline = pipeline if pipeline is not None else self._build_pipeline()
 
         self._utterance_pub = self.create_publisher(Utterance, "utterance", TOPIC_QOS["utterance"])
@@ -246,14 +262,31 @@ class SpeechNode(Node):
         self.get_logger().warning(f"dropped audio chunk ({reason}): {detail} [{total} dropped]")
 
     def _enqueue(self, job: _Job) -> None:
+        size = job.samples.nbytes if isinstance(job, _AudioJob) else 0
+        with self._lock:
+            full = self._queued_bytes + size > QUEUE_BYTES
+            if not full:
+                self._queued_bytes += size
+        if full:
+            self._drop("backlog", f"worker is {QUEUE_BYTES} bytes behind")
+            return
         try:
             self._queue.put_nowait(job)
         except queue.Full:
+            with self._lock:
+                self._queued_bytes -= size
             self._drop("backlog", f"worker is {QUEUE_CHUNKS} chunks behind")
 
     def _on_audio(self, data: bytes) -> None:
         with self._lock:
             self.stats.chunks_received += 1
+        if len(data) > self.max_chunk_bytes:  # before decoding: a huge chunk costs nothing
+            self._drop(
+                "too_large",
+                f"{len(data)} bytes > max_chunk_bytes={self.max_chunk_bytes}; "
+                "send chunks of ~100 ms",
+            )
+            return
         try:
             msg = deserialize_message(data, AudioChunk)
         except Exception as exc:  # any CDR decoding failure
@@ -344,6 +377,9 @@ class SpeechNode(Node):
     def _work(self) -> None:
         while True:
             job = self._queue.get()
+            if isinstance(job, _AudioJob):
+                with self._lock:
+                    self._queued_bytes -= job.samples.nbytes
             try:
                 if isinstance(job, _Stop):
                     return

@@ -286,6 +286,63 @@ def test_bad_chunks_are_dropped_counted_and_survived(
     assert len(got) == 1 and "cafe" in got[0][1].text.lower()
 
 
+def test_oversized_chunks_are_dropped_before_decoding(harness: Harness):
+    """A chunk far beyond ~100 ms (here 2 MiB, over the 1 MiB default) is refused with a
+    counted reason, before it is decoded or queued."""
+    speech = harness.speech
+    dropped, too_large = speech.stats.chunks_dropped, speech.stats.drop_reasons.get("too_large", 0)
+    big = AudioChunk(sample_rate=16000, channels=1, encoding="S16LE", data=b"\0\0" * 1024 * 1024)
+    harness.audio.publish(big)
+    assert Harness._wait(lambda: speech.stats.drop_reasons.get("too_large", 0) > too_large, 10.0)
+    harness.settle()
+    assert speech.stats.chunks_dropped == dropped + 1
+    assert speech.stats.drop_reasons["too_large"] == too_large + 1
+    assert harness.take(0, timeout_s=0) == []
+
+
+def test_backlog_is_bounded_in_bytes(harness: Harness, monkeypatch: pytest.MonkeyPatch):
+    """A stuck worker: chunks beyond the byte budget are dropped (backlog), not queued."""
+    import dlgpr_ros.speech_node as speech_node
+
+    speech = harness.speech
+    gate, entered = threading.Event(), threading.Event()
+    feed = speech.pipeline.feed
+
+    def stuck(*args: Any, **kwargs: Any) -> Any:
+        entered.set()
+        gate.wait(20.0)
+        return feed(*args, **kwargs)
+
+    from dlgpr_core.speech.audio import decode_pcm
+
+    pcm = np.zeros(1600, dtype="<i2").tobytes()  # 100 ms
+    monkeypatch.setattr(speech.pipeline, "feed", stuck)
+    # room for four decoded chunks
+    monkeypatch.setattr(speech_node, "QUEUE_BYTES", 4 * decode_pcm(pcm, "S16LE", 1).nbytes)
+    backlog = speech.stats.drop_reasons.get("backlog", 0)
+    harness.audio.publish(AudioChunk(sample_rate=16000, channels=1, encoding="S16LE", data=pcm))
+    assert entered.wait(10.0)
+    for _ in range(10):
+        harness.audio.publish(AudioChunk(sample_rate=16000, channels=1, encoding="S16LE", data=pcm))
+    assert Harness._wait(lambda: speech.stats.drop_reasons.get("backlog", 0) >= backlog + 6, 10)
+    gate.set()
+    harness.settle()
+    assert speech.stats.drop_reasons["backlog"] == backlog + 6
+    assert speech._queued_bytes == 0
+
+
+def test_timings_keep_only_the_latest_utterances(harness: Harness):
+    """One timing per utterance for weeks would grow without bound: the latest 1000 stay."""
+    from dlgpr_core.speech.transcriber import Transcript
+
+    speech = harness.speech
+    for i in range(1100):
+        speech._publish_transcript(Transcript(f"t{i}", "en", 1.0, 0.0, 1.0, 0.1))
+    assert len(speech.stats.timings) == 1000
+    assert speech.stats.timings[0].text == "t100" and speech.stats.timings[-1].text == "t1099"
+    assert len(harness.take(1100, timeout_s=30.0)) == 1100
+
+
 def test_typed_text_becomes_an_utterance(harness: Harness):
     harness.typed.publish(String(data="  A bakery next to a pharmacy.  "))
     got = harness.take(1, timeout_s=10.0)
@@ -352,6 +409,7 @@ def test_parameters_are_declared_with_types_and_descriptions(harness: Harness):
         "vad_threshold": ParameterType.PARAMETER_DOUBLE,
         "min_silence_ms": ParameterType.PARAMETER_INTEGER,
         "language": ParameterType.PARAMETER_STRING,
+        "max_chunk_bytes": ParameterType.PARAMETER_INTEGER,
     }
     for name, kind in expected.items():
         desc = speech.describe_parameter(name)
