@@ -202,3 +202,65 @@ def test_old_map_with_a_relative_checkpoint_loads_from_its_build_dir_else_says_w
     message = str(caught.value)
     assert "'heads.safetensors' relative to the directory the map was built from" in message
     assert "--checkpoint PATH" in message
+
+
+def test_approximate_index_files_that_are_not_what_the_map_recorded_are_refused(
+    tmp_path: Path,
+) -> None:
+    """Finding 12: an index file is checked (class, dimension, metric, size) against what
+    the map recorded before it answers; before, any FAISS file was searched as-is."""
+    import faiss
+    from test_mapdb_index_choice import clustered, fill
+
+    from dlgpr_core.mapdb.index import ExactIndex, atomic_write_index
+
+    vectors = clustered(600)
+    directory = tmp_path / "map"
+    hnsw_file = directory / "embeddings.hnsw.faiss"
+    with MapDatabase.create(directory, "random", 32) as db:
+        fill(db, vectors)
+        db.build_approximate("ivf")
+        db.build_approximate("hnsw")
+        good = hnsw_file.read_bytes()
+
+    def hnsw_of(x: np.ndarray, metric: int) -> faiss.Index:
+        index = faiss.IndexIDMap2(faiss.IndexHNSWFlat(x.shape[1], 8, metric))
+        index.add_with_ids(x, np.arange(1, len(x) + 1))
+        return index
+
+    tampered = {
+        "it is a IndexIVFFlat, a hnsw index is": None,  # another kind's file
+        "its vectors have 16 dimensions, the map's 32": hnsw_of(
+            vectors[:, :16].copy(), faiss.METRIC_INNER_PRODUCT
+        ),
+        "its metric is 1, not inner product": hnsw_of(vectors, faiss.METRIC_L2),
+        "it holds 100 vectors, the map recorded 600": hnsw_of(
+            vectors[:100], faiss.METRIC_INNER_PRODUCT
+        ),
+    }
+    for problem, index in tampered.items():
+        if index is None:
+            hnsw_file.write_bytes((directory / "embeddings.ivf.faiss").read_bytes())
+        else:
+            atomic_write_index(index, hnsw_file)
+        with (
+            MapDatabase.open(directory) as db,
+            pytest.raises(MapError, match="refusing the hnsw index") as caught,
+        ):
+            db.search_images(vectors[0], None, approximate="hnsw")
+        assert problem in str(caught.value) and "rebuild it with" in str(caught.value)
+    hnsw_file.write_bytes(b"not a faiss file" * 8)
+    with MapDatabase.open(directory) as db, pytest.raises(MapError, match="refusing the hnsw"):
+        db.search_images(vectors[0], None, approximate="hnsw")
+    hnsw_file.write_bytes(good)
+    with MapDatabase.open(directory) as db:
+        assert db.search_images(vectors[0], None, approximate="hnsw")[0].image_id == 1
+
+    # The exact index (the source of truth) is checked the same way.
+    flat_l2 = faiss.IndexIDMap2(faiss.IndexFlatL2(32))
+    flat_l2.add_with_ids(vectors, np.arange(1, 601))
+    atomic_write_index(flat_l2, directory / "embeddings.faiss")
+    with pytest.raises(MapError, match=r"IndexIDMap2\(IndexFlatL2\).*delete it and run"):
+        MapDatabase.open(directory)
+    with pytest.raises(ValueError, match="its metric is 1, not inner product"):
+        ExactIndex.load(directory / "embeddings.faiss", 32)

@@ -38,8 +38,13 @@ def map_build(
     checkpoint: CheckpointOption = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     index: Annotated[
-        str, typer.Option(help="Also build an approximate index: none, ivf or hnsw.")
-    ] = "none",
+        str,
+        typer.Option(
+            help="The index searches use: auto (by map size: exact, then HNSW, then IVF-PQ; "
+            "see the README's 'City scale'), exact, ivf, hnsw or ivfpq (forced). An "
+            "approximate one is built after the images, with its recall against exact."
+        ),
+    ] = "auto",
     evidence: Annotated[
         str,
         typer.Option(
@@ -52,6 +57,7 @@ def map_build(
     """Build or extend a map; resumes an interrupted build and adds only new images."""
     from dlgpr_core.data import detect_format, scan_dataset
 
+    _check_index_setting(index)
     kind = detect_format(dataset) if fmt == "auto" else fmt
     scan = scan_dataset(dataset, fmt=kind)
     db, enc = map_and_encoder(map_dir, encoder, checkpoint, create=True)
@@ -59,10 +65,10 @@ def map_build(
         f"building map {map_dir} from {scan.root}: {len(scan.records)} images found, "
         f"{len(scan.skipped)} refused while reading"
     )
+    if index != db.search_index().setting:
+        db.set_search_index(index, build=False)  # type: ignore[arg-type]
     report = db.build(scan, enc, batch_size=batch_size, progress=True, source_kind=kind)
     console.print(report.render())
-    if index != "none":
-        console.print(db.build_approximate(index).render())  # type: ignore[arg-type]
     if evidence != "none":
         _annotate(db, enc, evidence, batch_size=16, redo=False)
     console.print(db.info().render())
@@ -103,13 +109,36 @@ def map_info(map_dir: MapOption) -> None:
     console.print(open_map(map_dir).info().render())
 
 
+def _check_index_setting(kind: str) -> None:
+    from dlgpr_core.mapdb.choice import SETTINGS
+
+    if kind not in SETTINGS:
+        raise typer.BadParameter(
+            f"{kind!r}: choose one of {', '.join(SETTINGS)}", param_hint="kind"
+        )
+
+
 @app.command("index")
 def map_index(
     map_dir: MapOption,
-    kind: Annotated[str, typer.Option(help="ivf or hnsw.")] = "hnsw",
+    kind: Annotated[
+        str,
+        typer.Option(
+            help="auto (by map size, the default rule), exact, ivf, hnsw or ivfpq: the index "
+            "every search of the map uses from now on."
+        ),
+    ] = "auto",
 ) -> None:
-    """Build an approximate index for a large map and report its recall against exact search."""
-    console.print(open_map(map_dir).build_approximate(kind).render())  # type: ignore[arg-type]
+    """Choose the index a map's searches use; an approximate one is (re)built and its
+    recall against exact search reported."""
+    from dlgpr_core.mapdb.index import APPROX_KINDS
+
+    _check_index_setting(kind)
+    db = open_map(map_dir)
+    chosen = db.set_search_index(kind, build=False)  # type: ignore[arg-type]
+    if chosen.kind in APPROX_KINDS:
+        console.print(db.build_approximate(chosen.kind).render())
+    console.print(chosen.render())
 
 
 @app.command("relocate")
@@ -149,7 +178,11 @@ def map_query(
     checkpoint: CheckpointOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     approximate: Annotated[
-        str | None, typer.Option(help="Search an approximate index (ivf/hnsw) instead.")
+        str | None,
+        typer.Option(
+            help="Search this index (exact, ivf, hnsw, ivfpq) instead of the map's own "
+            "choice (`dlgpr map info` says which)."
+        ),
     ] = None,
 ) -> None:
     """Static retrieval: the top places for a description, with scores and positions."""

@@ -24,6 +24,7 @@ from dlgpr_core.encoders.base import Encoder
 from dlgpr_core.mapdb.annotating import AnnotateReport, ImageAnnotator, annotate_map
 from dlgpr_core.mapdb.approximate import ApproxIndexes
 from dlgpr_core.mapdb.builder import Builder
+from dlgpr_core.mapdb.choice import IndexChoice, IndexSetting
 from dlgpr_core.mapdb.directory import MAP_FILE, FineShape, MapDirectory
 from dlgpr_core.mapdb.errors import MapError
 from dlgpr_core.mapdb.evidence import EvidenceItem, EvidenceStore
@@ -196,7 +197,16 @@ class MapDatabase:
         report.seconds = time.perf_counter() - start
         done = report.added + report.reencoded
         report.images_per_second = done / report.seconds if report.seconds > 0 else 0.0
+        self._finish_build(report)
         return report
+
+    def _finish_build(self, report: BuildReport) -> None:
+        """Bring the index the map searches by default up to date after a build (building
+        it where the map's size chose an approximate one) and say which it is."""
+        index_report = self._approx.ensure_chosen()
+        report.search_index = self._approx.choice().render()
+        if index_report is not None:
+            report.search_index += "\n" + index_report.render()
 
     def annotate(
         self,
@@ -251,6 +261,20 @@ class MapDatabase:
         """Re-point a data set that moved; see `dlgpr_core.mapdb.sources.relocate`."""
         return relocate(self._map, old_root, new_root)
 
+    def set_search_index(self, setting: IndexSetting, *, build: bool = True) -> IndexChoice:
+        """Force the index every search of this map uses (``exact``, ``ivf``, ``hnsw``,
+        ``ivfpq``), or ``auto`` to choose by size (`dlgpr_core.mapdb.choice`); with `build`,
+        builds the chosen approximate index if it is missing or stale (else the next map
+        build does). Returns the choice."""
+        self._approx.set_setting(setting)
+        if build:
+            self._approx.ensure_chosen()
+        return self._approx.choice()
+
+    def search_index(self) -> IndexChoice:
+        """The index searches use by default, and why (size or the user's setting)."""
+        return self._approx.choice()
+
     def build_approximate(
         self,
         kind: ApproxKind,
@@ -273,10 +297,19 @@ class MapDatabase:
         encoder: Encoder | None = None,
         k: int = 5,
         *,
-        approximate: ApproxKind | None = None,
+        approximate: ApproxKind | Literal["exact"] | None = None,
     ) -> list[ImageHit]:
-        """Top-``k`` images; see `MapSearch.search_images`."""
-        return self._search.search_images(query, encoder, k, approximate=approximate)
+        """Top-``k`` images; see `MapSearch.search_images`. ``approximate``: None searches
+        the map's chosen index (`search_index`), ``"exact"`` or a kind overrides it."""
+        return self._search.search_images(
+            query, encoder, k, approximate=self._index_kind(approximate)
+        )
+
+    def _index_kind(self, requested: ApproxKind | Literal["exact"] | None) -> ApproxKind | None:
+        """What `MapSearch` searches: None = exact."""
+        if requested is None:
+            return self._approx.kind_for_search()
+        return None if requested == "exact" else requested
 
     def search(
         self,
@@ -284,13 +317,15 @@ class MapDatabase:
         encoder: Encoder | None = None,
         k: int = 5,
         *,
-        approximate: ApproxKind | None = None,
+        approximate: ApproxKind | Literal["exact"] | None = None,
         rerank_top: int = 50,
         lexical: LexicalSpec | Literal["map"] | None = "map",
     ) -> list[PlaceHit]:
         """Top-``k`` places, each scored by its best image (see `MapSearch.search`), and for
         a text query fused with the lexical channel over the map's evidence (`lexical`:
-        the map's recorded setting by default, see `set_lexical`; None: dense only)."""
+        the map's recorded setting by default, see `set_lexical`; None: dense only).
+        ``approximate`` as in `search_images`."""
+        approximate = self._index_kind(approximate)
         spec = self.lexical_spec() if lexical == "map" else lexical
         if spec is None or not isinstance(query, str):
             return self._search.search(
@@ -346,5 +381,16 @@ class MapDatabase:
         return map_skipped(self._map)
 
     def info(self) -> MapInfo:
-        """Counts plus encoder, index kinds and their size per image on disk."""
-        return map_info(self._map, self._vectors)
+        """Counts plus encoder, index kinds and their size per image on disk, the index
+        searches use and whether the map is read-only."""
+        info = map_info(self._map, self._vectors)
+        choice = self._approx.choice()
+        info.search_index = choice.render()
+        if choice.kind != "exact" and self._approx.state(choice.kind) != "current":
+            state = self._approx.state(choice.kind)
+            info.search_index += (
+                f"; the {choice.kind} index is {state}, so searches use exact until "
+                f"`dlgpr map index --kind {choice.setting}` builds it"
+            )
+        info.read_only = self.read_only
+        return info

@@ -1,9 +1,13 @@
 """FAISS side of a map: embeddings keyed by the SQLite image row id.
 
 The exact index (``IndexIDMap2(IndexFlatIP)``) is the source of truth; approximate
-indexes (IVF-Flat, HNSW) are derived copies for large maps and always come with a recall
-figure measured against exact search, so nobody trades accuracy for speed blindly.
+indexes (IVF-Flat, HNSW, IVF-PQ) are derived copies for large maps and always come with a
+recall figure measured against exact search, so nobody trades accuracy for speed blindly.
 faiss is imported lazily so that importing the package stays cheap.
+
+Index files are FAISS's own binary format, read by its C++ deserialiser: no code runs from
+them (unlike pickle), but the reader trusts their structure, so every loaded index is
+checked against what the map records (`check_index`) before it answers a query.
 """
 
 from __future__ import annotations
@@ -17,8 +21,15 @@ from typing import Any, Literal
 import numpy as np
 
 EXACT_FILE = "embeddings.faiss"
-ApproxKind = Literal["ivf", "hnsw"]
-APPROX_KINDS: tuple[ApproxKind, ...] = ("ivf", "hnsw")
+ApproxKind = Literal["ivf", "hnsw", "ivfpq"]
+APPROX_KINDS: tuple[ApproxKind, ...] = ("ivf", "hnsw", "ivfpq")
+IndexKind = Literal["exact", "ivf", "hnsw", "ivfpq"]
+INDEX_KINDS: tuple[IndexKind, ...] = ("exact", *APPROX_KINDS)
+
+IVFPQ_REFINE = 8
+"""An IVF-PQ search ranks ``k x IVFPQ_REFINE`` candidates by their compressed codes, then
+re-scores them with the exact vectors the map holds anyway (`RefinedIndex`): PQ distances
+alone lose the top-10 order that recall@10 and place ranking depend on."""
 
 
 def approx_file(kind: ApproxKind) -> str:
@@ -108,8 +119,7 @@ class ExactIndex:
         """Read an index file; raises ValueError if it is not an exact index of ``dim``."""
         faiss = faiss_module()
         index = faiss.read_index(str(path))
-        if not isinstance(index, faiss.IndexIDMap2) or index.d != dim:
-            raise ValueError(f"{path} is not an IndexIDMap2 of dimension {dim}")
+        check_index(index, "exact", dim, None, path)
         return cls(dim, index)
 
     @property
@@ -136,6 +146,10 @@ class ExactIndex:
         removed = int(self.index.remove_ids(np.asarray(ids, dtype=np.int64)))
         self._device_index = None
         return removed
+
+    def reconstruct(self, ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of ``ids`` (each must be in the index)."""
+        return np.asarray(self.index.reconstruct_batch(np.asarray(ids, dtype=np.int64)))
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if self._device_index is None:
@@ -178,6 +192,21 @@ class ApproxReport:
     __str__ = render
 
 
+def ivf_lists(n: int) -> int:
+    """IVF lists for ``n`` vectors: ~4·sqrt(n), but at most n/39 (FAISS wants >= 39
+    training points per list)."""
+    return max(1, min(int(4 * np.sqrt(n)), n // 39))
+
+
+def pq_subquantizers(dim: int) -> int:
+    """PQ sub-vectors: 8 dimensions each (256-dim -> 32 bytes a vector, 32x smaller than
+    float32), or the largest divisor of ``dim`` not above dim/8."""
+    m = max(1, dim // 8)
+    while dim % m:
+        m -= 1
+    return m
+
+
 def build_approximate(
     vectors: np.ndarray,
     ids: np.ndarray,
@@ -188,12 +217,15 @@ def build_approximate(
     hnsw_m: int = 32,
     ef_construction: int = 80,
     ef_search: int = 64,
+    pq_m: int | None = None,
+    pq_bits: int | None = None,
 ) -> tuple[Any, dict[str, int]]:
-    """Build an inner-product IVF-Flat or HNSW index over ``vectors`` keyed by ``ids``.
+    """Build an inner-product IVF-Flat, HNSW or IVF-PQ index over ``vectors`` keyed by ``ids``.
 
-    IVF defaults: nlist ~ 4·sqrt(n) but at most n/39 (FAISS wants >= 39 training points
-    per list), nprobe = nlist/8 (at least 16); these favour recall over speed, which suits
-    maps of a few hundred thousand images.
+    IVF defaults: nlist = `ivf_lists`, nprobe = nlist/8 (at least 16); these favour recall
+    over speed, which suits maps of a few hundred thousand images. IVF-PQ stores
+    `pq_subquantizers` codes of ``pq_bits`` (8, fewer for maps too small to train 256
+    centroids per sub-vector) per vector; it is searched through `RefinedIndex`.
     """
     faiss = faiss_module()
     n, dim = vectors.shape
@@ -201,15 +233,22 @@ def build_approximate(
     ids = np.asarray(ids, dtype=np.int64)
     if n == 0:
         raise ValueError("cannot build an approximate index over an empty map")
-    if kind == "ivf":
-        lists = nlist or max(1, min(int(4 * np.sqrt(n)), n // 39))
+    if kind in ("ivf", "ivfpq"):
+        lists = nlist or ivf_lists(n)
         probe = min(lists, nprobe or max(16, lists // 8))
         quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)
+        used = {"nlist": lists, "nprobe": probe}
+        if kind == "ivf":
+            index = faiss.IndexIVFFlat(quantizer, dim, lists, faiss.METRIC_INNER_PRODUCT)
+        else:
+            m = pq_m or pq_subquantizers(dim)
+            bits = pq_bits or int(min(8, max(4, np.log2(max(16, n // 39)))))
+            index = faiss.IndexIVFPQ(quantizer, dim, lists, m, bits, faiss.METRIC_INNER_PRODUCT)
+            used.update({"m": m, "nbits": bits, "refine": IVFPQ_REFINE})
         index.train(x)
         index.add_with_ids(x, ids)
         index.nprobe = probe
-        return index, {"nlist": lists, "nprobe": probe}
+        return index, used
     if kind == "hnsw":
         hnsw = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT)
         hnsw.hnsw.efConstruction = ef_construction
@@ -218,6 +257,82 @@ def build_approximate(
         index.add_with_ids(x, ids)
         return index, {"M": hnsw_m, "efConstruction": ef_construction, "efSearch": ef_search}
     raise ValueError(f"unknown approximate index kind {kind!r}; use one of {APPROX_KINDS}")
+
+
+class RefinedIndex:
+    """IVF-PQ candidates re-scored with the exact vectors: ``search`` like a FAISS index.
+
+    The shortlist (``k x refine``) comes from the compressed codes; the returned scores are
+    exact inner products, so they compare with exact search and other kinds.
+    """
+
+    def __init__(self, coarse: Any, exact: ExactIndex, refine: int = IVFPQ_REFINE) -> None:
+        self.coarse = coarse
+        self.exact = exact
+        self.refine = refine
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.coarse.ntotal)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = as_queries(queries, self.exact.dim)
+        _, cand = self.coarse.search(q, max(k, k * self.refine))
+        scores = np.full((len(q), k), -np.inf, dtype=np.float32)
+        ids = np.full((len(q), k), -1, dtype=np.int64)
+        for row, found in enumerate(np.asarray(cand, dtype=np.int64)):
+            found = found[found >= 0]
+            if len(found) == 0:
+                continue
+            exact = self.exact.reconstruct(found) @ q[row]
+            order = np.argsort(-exact, kind="stable")[:k]
+            scores[row, : len(order)] = exact[order]
+            ids[row, : len(order)] = found[order]
+        return scores, ids
+
+
+INDEX_CLASSES: dict[IndexKind, tuple[str, ...]] = {
+    "exact": ("IndexIDMap2", "IndexFlatIP"),
+    "hnsw": ("IndexIDMap2", "IndexHNSWFlat"),
+    "ivf": ("IndexIVFFlat",),
+    "ivfpq": ("IndexIVFPQ",),
+}
+"""FAISS classes of each kind's file, outer first (an IDMap2 and the index it wraps)."""
+
+
+def describe_index(index: Any) -> str:
+    """``IndexIDMap2(IndexHNSWFlat)``-style name of a loaded index, for messages."""
+    faiss = faiss_module()
+    outer = faiss.downcast_index(index)
+    inner = getattr(outer, "index", None)
+    name = type(outer).__name__
+    return f"{name}({type(faiss.downcast_index(inner)).__name__})" if inner is not None else name
+
+
+def check_index(
+    index: Any, kind: IndexKind, dim: int, ntotal: int | None, path: Path | str
+) -> None:
+    """Refuse an index file that is not what the map records: class, dimension, metric
+    (inner product) and, where given, the number of vectors. Raises ValueError saying what
+    was found and expected; callers turn it into a `MapError` with the way out."""
+    faiss = faiss_module()
+    outer = faiss.downcast_index(index)
+    classes = [type(outer).__name__]
+    inner = getattr(outer, "index", None) if isinstance(outer, faiss.IndexIDMap2) else None
+    if inner is not None:
+        classes.append(type(faiss.downcast_index(inner)).__name__)
+    expected = INDEX_CLASSES[kind]
+    problems = []
+    if tuple(classes) != expected:
+        problems.append(f"it is a {describe_index(index)}, a {kind} index is {expected}")
+    if int(index.d) != dim:
+        problems.append(f"its vectors have {index.d} dimensions, the map's {dim}")
+    if int(index.metric_type) != int(faiss.METRIC_INNER_PRODUCT):
+        problems.append(f"its metric is {index.metric_type}, not inner product")
+    if ntotal is not None and int(index.ntotal) != ntotal:
+        problems.append(f"it holds {index.ntotal} vectors, the map recorded {ntotal}")
+    if problems:
+        raise ValueError(f"{path} is not this map's {kind} index: " + "; ".join(problems))
 
 
 def noisy_queries(vectors: np.ndarray, n: int, noise: float = 0.05, seed: int = 0) -> np.ndarray:

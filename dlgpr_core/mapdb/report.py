@@ -20,6 +20,8 @@ class BuildReport:
     images_per_second: float = 0.0
     reencoded: int = 0
     """Stored rows whose embeddings were missing (after a crash) and were encoded again."""
+    search_index: str = ""
+    """The index searches use after this build and why (see `dlgpr_core.mapdb.choice`)."""
 
     def render(self, max_items: int = 20) -> str:
         """Summary line, skip reasons by count, then the first ``max_items`` skipped inputs."""
@@ -29,6 +31,8 @@ class BuildReport:
             + (f", {self.reencoded} re-encoded" if self.reencoded else "")
             + f" in {self.seconds:.1f} s ({self.images_per_second:.1f} images/s)"
         ]
+        if self.search_index:
+            lines.append(self.search_index)
         if self.skipped:
             counts = Counter(_reason_kind(s.reason) for s in self.skipped)
             lines.append("skip reasons: " + "; ".join(f"{r} x{n}" for r, n in counts.most_common()))
@@ -139,10 +143,14 @@ class MapInfo:
     """Stored fine (re-ranking) features per image, for maps built with a FineEncoder."""
     evidence: list[str] = field(default_factory=list)
     """One rendered block per annotator whose evidence the map holds."""
+    search_index: str = ""
+    """The index searches use by default and why (see `dlgpr_core.mapdb.choice`)."""
+    read_only: bool = False
+    """Opened read-only (a read-only mount or files without write permission)."""
 
     def render(self) -> str:
         lines = [
-            f"map:        {self.directory}",
+            f"map:        {self.directory}" + (" (read-only)" if self.read_only else ""),
             f"encoder:    {self.encoder_fingerprint} (dim {self.dim})",
             f"created:    {self.created}",
             f"places:     {self.n_places}",
@@ -152,6 +160,8 @@ class MapInfo:
             f"skipped:    {self.n_skipped}",
             f"indexes:    {', '.join(self.index_types) or 'none'}",
         ]
+        if self.search_index:
+            lines.append(self.search_index)
         sizes = self.bytes_per_embedding.items()
         lines.extend(f"  {kind}: {size:.0f} bytes per image" for kind, size in sizes)
         for src in self.sources:

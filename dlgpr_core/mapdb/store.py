@@ -100,6 +100,9 @@ class MapStore:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.execute("PRAGMA foreign_keys=ON")
+        # A map file may come from elsewhere: functions with side effects never run from
+        # views or triggers its schema defines (this map's schema has none).
+        self._conn.execute("PRAGMA trusted_schema=OFF")
         self.stored_version = self._stored_version()
         # A map of another schema is left untouched: adding this version's tables to it
         # would half-convert it. MapDirectory refuses it with a message saying to rebuild.
