@@ -182,6 +182,86 @@ def test_resume_reproduces_the_uninterrupted_run(root: Path, tmp_path: Path) -> 
     assert full.best_checkpoint is not None and 0.0 <= (full.best_r1 or 0.0) <= 1.0
 
 
+def _crash_on(monkeypatch: pytest.MonkeyPatch, src_name: str) -> None:
+    """Make the rename whose source is named `src_name` fail, as a crash there would: both
+    os.rename and os.replace (Path.rename and Path.replace call them)."""
+    real_rename, real_replace = os.rename, os.replace
+
+    def flaky(real):
+        def call(src, dst, *args, **kwargs):
+            if Path(src).name == src_name:
+                raise OSError(f"simulated crash renaming {src_name}")
+            return real(src, dst, *args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(os, "rename", flaky(real_rename))
+    monkeypatch.setattr(os, "replace", flaky(real_replace))
+
+
+def test_a_crash_between_the_checkpoint_renames_resumes_from_the_survivor(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The save swaps `last` by two renames; a crash between them used to leave no `last`
+    and the next run silently started again from step 0. Now it resumes from the finished
+    new copy and says so."""
+    cfg = tiny_config(root, tmp_path, "val_fraction=0")
+    assert train(cfg, stop_after_steps=1).step == 1
+    with monkeypatch.context() as m:
+        _crash_on(m, "last.tmp")  # last -> last.old done, last.tmp -> last "crashes"
+        with pytest.raises(OSError, match="simulated crash"):
+            train(cfg, stop_after_steps=2)  # the checkpoint of step 2
+    assert not (tmp_path / "last").exists()
+    with caplog.at_level("WARNING"):
+        resumed = train(cfg)
+    assert [r["step"] for r in resumed.history] == [3, 4]  # step 2 was saved whole
+    assert "restored last.tmp" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("last")) == ["last"]
+
+
+def test_an_unloadable_checkpoint_is_refused_not_restarted(root: Path, tmp_path: Path) -> None:
+    from dlgpr_core.retriever.train.checkpoint import CheckpointError
+
+    cfg = tiny_config(root, tmp_path, "val_fraction=0")
+    train(cfg, stop_after_steps=1)
+    state = tmp_path / "last" / "train_state.pt"
+    state.write_bytes(b"torn")
+    with pytest.raises(CheckpointError, match=r"cannot be loaded.*delete it"):
+        train(cfg)
+    state.unlink()
+    with pytest.raises(CheckpointError, match=r"holds no train_state\.pt"):
+        train(cfg)
+    # resume=false is the explicit fresh start.
+    assert train(tiny_config(root, tmp_path, "val_fraction=0", "resume=false")).step == 4
+
+
+def test_best_is_replaced_whole(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`best` used to be written in place: a crash mid-write left a torn model under the
+    name of the previous best. Now the previous best survives whole."""
+    from dlgpr_core.retriever import factory
+    from dlgpr_core.retriever.factory import load_cmpl
+
+    train(tiny_config(root, tmp_path))
+    best = tmp_path / "best"
+    before = (best / "metrics.json").read_text()
+    real = factory.save_model
+
+    def torn(model, filename, *args, **kwargs):
+        if "best" in str(filename):
+            Path(filename).write_bytes(b"half a model")
+            raise OSError("simulated crash writing best")
+        return real(model, filename, *args, **kwargs)
+
+    monkeypatch.setattr(factory, "save_model", torn)
+    with pytest.raises(OSError, match="simulated crash"):
+        train(tiny_config(root, tmp_path, "resume=false"))  # a fresh run's first best
+    monkeypatch.undo()
+    assert (best / "metrics.json").read_text() == before
+    load_cmpl(best)  # whole
+
+
 # -- config -----------------------------------------------------------------------------------
 
 

@@ -12,7 +12,6 @@ curve), so a change here must keep the order of model creation, data set-up and 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from ..data import (
     train_transform,
 )
 from ..evaluation import place_recall
-from ..factory import WEIGHTS_FILE, create_cmpl, image_preprocess, save_cmpl
+from ..factory import WEIGHTS_FILE, create_cmpl, image_preprocess
 from ..features import ImageFeatures, TextFeatures
 from ..losses import CMPLLoss
 from ..model import CMPL
@@ -47,6 +46,8 @@ from .checkpoint import (
     config_drift,
     find_resume_dir,
     load_checkpoint,
+    recover_checkpoints,
+    save_best,
     save_checkpoint,
 )
 from .distributed import (
@@ -287,6 +288,9 @@ def _build_optim(
 
 def _resume(config: TrainConfig, info: DistInfo, model: CMPL, optim: _Optim) -> TrainState:
     """The loop position to start from, restoring a checkpoint when there is one."""
+    if info.is_main:
+        recover_checkpoints(Path(config.out_dir))
+    barrier(info)
     resume_dir = find_resume_dir(config)
     if resume_dir is None:
         return TrainState()
@@ -465,11 +469,7 @@ def _validate(run: _Run) -> None:
         log.info("step %d: %s", state.step, " ".join(f"{k}={v:.3f}" for k, v in r.items()))
         if r["R@1"] > state.best_r1:
             state.best_r1 = r["R@1"]
-            save_cmpl(run.model, run.best_dir)
-            (run.best_dir / "metrics.json").write_text(
-                json.dumps({"step": state.step, "epoch": state.epoch, **r}, indent=2),
-                encoding="utf-8",
-            )
+            save_best(run.best_dir, run.model, {"step": state.step, "epoch": state.epoch, **r})
     barrier(run.info)
 
 
