@@ -10,7 +10,9 @@ function, a plumbing fixture with hand-chosen ranks, not a retriever.
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -351,6 +353,9 @@ def test_sft_then_grpo_produce_a_loadable_adapter(
         assert (adapter / "adapter_model.safetensors").exists()
     history = (Path(produced["grpo"]) / "log_history.json").read_text()
     assert "rewards/retrieval_gain/mean" in history and "rewards/format_reward/mean" in history
+    for stage in ("sft", "grpo"):  # both stages checkpoint (save_steps: 2 in the tiny config)
+        saved = sorted(p.name for p in mod.checkpoint_dir(cfg, stage).glob("checkpoint-*"))
+        assert saved == ["checkpoint-2"], (stage, saved)
 
     pcfg = cfg.data_config().prompt_config(model=str(tmp_path / "model"), adapter=produced["grpo"])
     q = DQPilotQuestioner(
@@ -365,6 +370,127 @@ def test_sft_then_grpo_produce_a_loadable_adapter(
     state = engine.start(places[0].caption, "e2e")
     assert state.pending_question is not None  # model output or its fallback
     assert q.stats.asked == 1 and q.stats.generate_calls >= 1
+
+
+def _tiny_cfg(mod: ModuleType, root: Path, tmp_path: Path, *more: str) -> Any:
+    return mod.DQTrainConfig.from_yaml(
+        REPO / "training" / "configs" / "dq_pilot_tiny.yaml",
+        [
+            f"model=tiny:{tmp_path / 'model'}",
+            f"out_dir={tmp_path / 'run'}",
+            f"data.data_root={root}",
+            "data.max_places=2",
+            "sft.batch_size=1",
+            *more,
+        ],
+    )
+
+
+def test_sft_resumes_from_the_newest_whole_checkpoint(
+    city: tuple[Path, dict[str, PlaceAnnotation]],
+    tmp_path: Path,
+    single_thread: None,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """SFT used to save nothing (save_strategy "no"): a crash lost the stage. Now it
+    checkpoints, a rerun resumes from the newest whole checkpoint (a torn one, as a crash
+    while saving leaves, is passed over and named), and checkpoints none of which loads
+    are refused rather than silently trained over from step 0."""
+    from dlgpr_core.dq_training.checkpoints import CheckpointError
+
+    root, _ = city
+    mod = _train_module()
+    cfg = _tiny_cfg(mod, root, tmp_path, "stage=sft", "sft.save_steps=1")
+    mod.train(cfg)
+    ckpts = mod.checkpoint_dir(cfg, "sft")
+    assert sorted(p.name for p in ckpts.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    (ckpts / "checkpoint-2" / "trainer_state.json").unlink()  # the save of step 2 "crashed"
+    with caplog.at_level("INFO"):
+        produced = mod.train(cfg)
+    assert "passing over newer torn checkpoints" in caplog.text
+    assert f"resuming from {ckpts / 'checkpoint-1'}" in caplog.text
+    steps = [
+        h["step"] for h in json.loads((Path(produced["sft"]) / "log_history.json").read_text())
+    ]
+    assert steps[-1] == 2 and (Path(produced["sft"]) / "adapter_model.safetensors").exists()
+    for state in ckpts.glob("checkpoint-*/trainer_state.json"):
+        state.write_text("{torn")
+    with pytest.raises(CheckpointError, match="none can be resumed from"):
+        mod.train(cfg)  # refused before any model loads
+
+
+def test_resume_point_picks_the_newest_whole_checkpoint(tmp_path: Path) -> None:
+    from dlgpr_core.dq_training.checkpoints import CheckpointError, resume_point
+
+    assert resume_point(tmp_path / "none") is None
+    for step, state in ((1, {"global_step": 1}), (3, {"global_step": 3}), (5, None), (7, "{")):
+        d = tmp_path / f"checkpoint-{step}"
+        d.mkdir()
+        if state is not None:
+            text = state if isinstance(state, str) else json.dumps(state)
+            (d / "trainer_state.json").write_text(text)
+    (tmp_path / "checkpoint-x").mkdir()  # not a checkpoint name: ignored
+    assert resume_point(tmp_path) == tmp_path / "checkpoint-3"
+    (tmp_path / "checkpoint-3" / "trainer_state.json").write_text('{"global_step": 2}')
+    assert resume_point(tmp_path) == tmp_path / "checkpoint-1"
+    (tmp_path / "checkpoint-1" / "trainer_state.json").unlink()
+    with pytest.raises(CheckpointError, match=r"checkpoint-7: unreadable .*checkpoint-5: no "):
+        resume_point(tmp_path)
+
+
+def test_examples_cache_is_keyed_by_the_settings_that_built_it(
+    city: tuple[Path, dict[str, PlaceAnnotation]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The examples file used to be reused whatever the config (another max_rounds or
+    city trained on the old dialogues) and written in place (a crash left a torn file)."""
+    from dlgpr_core.config import ConfigError
+
+    root, _ = city
+    mod = _train_module()
+
+    def examples(*more: str) -> list[DQExample]:
+        cfg = _tiny_cfg(mod, root, tmp_path, *more)
+        places = mod.load_places(cfg)
+        search, k, _ = mod.make_search(cfg, places)
+        return mod.get_examples(cfg, places, search, k)
+
+    two = examples()
+    assert {e.round for e in two} == {0, 1}
+    built = []
+    real_build = mod.build_examples
+
+    def counted(*args: Any, **kwargs: Any) -> list[DQExample]:
+        built.append(1)
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(mod, "build_examples", counted)
+    assert examples() == two and built == []  # same settings: reused
+    with caplog.at_level("WARNING"):
+        three = examples("data.max_rounds=3")
+    assert {e.round for e in three} == {0, 1, 2} and built == [1]
+    assert "rebuilding" in caplog.text and "data" in caplog.text
+    # A crash while writing leaves the previous file whole (and no temporary behind).
+    path = tmp_path / "run" / "examples.jsonl"
+    before = path.read_bytes()
+
+    def crash(src: Any, dst: Any) -> None:
+        raise OSError("simulated crash")
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", crash)
+        with pytest.raises(OSError, match="simulated crash"):
+            examples("data.max_rounds=2")
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir() if "examples" in p.name) == [
+        "examples.jsonl",
+        "examples.jsonl.key.json",
+    ]
+    # A file the user named is never rebuilt behind their back: other settings are refused.
+    with pytest.raises(ConfigError, match="built by other settings"):
+        examples(f"data.examples={path}", "data.max_rounds=2")
 
 
 def test_ddi_curriculum_splits_by_difficulty(tmp_path: Path) -> None:

@@ -17,8 +17,16 @@ R = alpha * R_prg + beta * R_fmt, from one YAML config plus dotted overrides.
 Stages: ``data`` writes ``<out_dir>/examples.jsonl``; ``sft`` trains a LoRA adapter into
 ``<out_dir>/sft``; ``grpo`` continues that adapter (``grpo.init_adapter`` overrides) into
 ``<out_dir>/grpo``; ``all`` runs the three in turn. Each stage reuses an existing
-examples file, so every rank of a multi-GPU run reads the same examples. The resolved config
-is written to ``<out_dir>/dq_train_config.yaml``. The trained adapter runs with
+examples file built by the same data and retrieval settings (recorded beside it in
+``examples.jsonl.key.json``; other settings rebuild it, or, for a file given as
+``data.examples``, are refused), so every rank of a multi-GPU run reads the same examples.
+The resolved config is written to ``<out_dir>/dq_train_config.yaml``.
+
+Both training stages save the trainer's checkpoints every ``save_steps`` steps under
+``<out_dir>/checkpoints/<stage>`` and, with ``resume: true`` (the default), a rerun continues
+from the newest whole one (a torn one, left by a crash while saving, is passed over and
+named; checkpoints none of which loads are refused, never silently trained over). The
+adapters are written beside their folder and swapped in whole. The trained adapter runs with
 ``DQPilotConfig(model=<base>, adapter=<out_dir>/grpo, top_k_images=..., image_max_side=...,
 max_regions=...)`` using the ``data`` prompt settings of the config (they shape the prompt).
 
@@ -43,22 +51,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from dlgpr_core.atomic import recover_dir, replace_dir, staged, write_atomic
 from dlgpr_core.config import ConfigError, apply_overrides, explain_validation_error
 from dlgpr_core.data.annotations import PlaceAnnotation, places_by_id, read_annotations
 from dlgpr_core.dialogue.engine import SearchFn
 from dlgpr_core.dialogue.metrics import DDIConfig
 from dlgpr_core.dialogue.state import DialogueConfig
+from dlgpr_core.dq_training.checkpoints import resume_point
 from dlgpr_core.dq_training.curriculum import EmbedTexts, curriculum_split, score_difficulty
 from dlgpr_core.dq_training.examples import (
     DQDataConfig,
     DQExample,
     build_examples,
+    cache_drift,
     read_examples,
+    write_cache_key,
     write_examples,
 )
 from dlgpr_core.dq_training.hf_dataset import to_hf_dataset
 from dlgpr_core.dq_training.lexical_search import LexicalSearch
 from dlgpr_core.dq_training.rewards import RetrievalGainReward, format_reward
+from dlgpr_core.evaluation.runner import file_digest
 
 log = logging.getLogger("train_dq_pilot")
 
@@ -115,6 +128,10 @@ class LoraSection(_Strict):
 
 class SFTSection(_Strict):
     max_steps: int = Field(default=-1)
+    save_steps: int = Field(default=200, ge=1)
+    """Checkpoint every this many optimizer steps (a rerun resumes from the newest)."""
+    save_total_limit: int = Field(default=2, ge=1)
+    """Checkpoints kept (older ones are deleted once a newer one is whole)."""
     epochs: float = Field(default=1.0, gt=0)
     lr: float = Field(default=1e-4, gt=0)
     batch_size: int = Field(default=1, ge=1)
@@ -128,6 +145,9 @@ class GRPOSection(_Strict):
     init_adapter: Path | None = None
     """Adapter to continue; None: <out_dir>/sft (the paper's SFT-then-GRPO)."""
     max_steps: int = Field(default=-1)
+    save_steps: int = Field(default=200, ge=1)
+    """Checkpoint every this many optimizer steps (a rerun resumes from the newest)."""
+    save_total_limit: int = Field(default=2, ge=1)
     epochs: float = Field(default=1.0, gt=0)
     lr: float = Field(default=1e-6, gt=0)
     batch_size: int = Field(default=4, ge=1)
@@ -169,6 +189,8 @@ class DQTrainConfig(_Strict):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     use_cpu: bool = False
     logging_steps: int = Field(default=1, ge=1)
+    resume: bool = True
+    """Continue each stage from its newest whole checkpoint; false: start it afresh."""
     data: DataSection = Field(default_factory=DataSection)
     retrieval: RetrievalSection = Field(default_factory=RetrievalSection)
     lora: LoraSection = Field(default_factory=LoraSection)
@@ -247,6 +269,23 @@ def examples_path(cfg: DQTrainConfig) -> Path:
     return cfg.data.examples or cfg.out_dir / EXAMPLES_FILE
 
 
+def examples_settings(cfg: DQTrainConfig) -> dict[str, Any]:
+    """Everything that shapes the examples (the cache key): the data and retrieval
+    sections, where the data lives (examples store image paths) and what its annotation
+    files hold."""
+    data = cfg.data.model_dump(mode="json", exclude={"examples"})
+    annotations = {}
+    for city in cfg.data.cities:
+        path = cfg.data.data_root / "Annotations" / f"{city}.jsonl"
+        annotations[city] = file_digest(path) if path.exists() else None
+    return {
+        "data": data,
+        "data_root": str(cfg.data.data_root.resolve()),
+        "retrieval": cfg.retrieval.model_dump(mode="json"),
+        "annotations": annotations,
+    }
+
+
 def get_examples(
     cfg: DQTrainConfig, places: Sequence[PlaceAnnotation], search: SearchFn, search_k: int
 ) -> list[DQExample]:
@@ -259,12 +298,31 @@ def get_examples(
     re-ranking is available.
     """
     path = examples_path(cfg)
-    if not path.exists():
-        if int(os.environ.get("RANK", "0")) != 0:
-            raise FileNotFoundError(f"{path} missing: run stage=data once before a multi-GPU run")
-        examples = build_examples(places, search, cfg.data_config(search_k))
-        write_examples(path, examples)
-        log.info("wrote %d examples to %s", len(examples), path)
+    settings = examples_settings(cfg)
+    drift = cache_drift(path, settings) if path.exists() else None
+    if path.exists() and drift == []:
+        return read_examples(path)
+    if path.exists() and cfg.data.examples is not None:
+        # The user named this file: never rebuild it behind their back.
+        if drift is None:
+            log.warning("%s has no record of the settings that built it; using it as given", path)
+            return read_examples(path)
+        raise ConfigError(
+            f"data.examples={path} was built by other settings (they differ in {drift}); "
+            "point data.examples elsewhere, delete it to rebuild, or use the settings it "
+            "was built with"
+        )
+    if int(os.environ.get("RANK", "0")) != 0:
+        raise FileNotFoundError(
+            f"{path} missing or built by other settings: run stage=data once before a multi-GPU run"
+        )
+    if path.exists():
+        why = "no record of what built it" if drift is None else f"other settings: {drift}"
+        log.warning("rebuilding %s (%s)", path, why)
+    examples = build_examples(places, search, cfg.data_config(search_k))
+    write_examples(path, examples)
+    write_cache_key(path, settings)
+    log.info("wrote %d examples to %s", len(examples), path)
     return read_examples(path)
 
 
@@ -299,19 +357,39 @@ def load_base(cfg: DQTrainConfig) -> tuple[Any, Any]:
     return model, processor
 
 
-def _common_args(cfg: DQTrainConfig, out: Path) -> dict[str, Any]:
+def checkpoint_dir(cfg: DQTrainConfig, stage: str) -> Path:
+    """The trainer's output folder of a stage (its checkpoint-<step> directories); beside
+    the adapter folder, not in it, so the adapter can be swapped in whole."""
+    return cfg.out_dir / "checkpoints" / stage
+
+
+def _common_args(
+    cfg: DQTrainConfig, stage: str, section: SFTSection | GRPOSection
+) -> dict[str, Any]:
     return {
-        "output_dir": str(out / "trainer"),
+        "output_dir": str(checkpoint_dir(cfg, stage)),
         "seed": cfg.seed,
         "data_seed": cfg.seed,
         "use_cpu": cfg.use_cpu,
         "bf16": cfg.precision == "bf16",
         "fp16": cfg.precision == "fp16",
         "logging_steps": cfg.logging_steps,
-        "save_strategy": "no",
+        "save_strategy": "steps",
+        "save_steps": section.save_steps,
+        "save_total_limit": section.save_total_limit,
         "report_to": "none",
         "dataloader_num_workers": 0,
     }
+
+
+def _resume_from(cfg: DQTrainConfig, stage: str) -> str | None:
+    """The checkpoint a stage continues from (None: a fresh start); asked before any model
+    loads, so checkpoints that cannot be resumed are refused at once."""
+    start = resume_point(checkpoint_dir(cfg, stage)) if cfg.resume else None
+    if start is None:
+        return None
+    log.info("%s: resuming from %s", stage, start)
+    return str(start)
 
 
 def _is_main() -> bool:
@@ -324,10 +402,11 @@ def run_sft(cfg: DQTrainConfig, examples: Sequence[DQExample]) -> Path:
     from trl import SFTConfig, SFTTrainer
 
     out = cfg.out_dir / "sft"
+    start = _resume_from(cfg, "sft")
     model, processor = load_base(cfg)
     s = cfg.sft
     args = SFTConfig(
-        **_common_args(cfg, out),
+        **_common_args(cfg, "sft", s),
         max_steps=s.max_steps,
         num_train_epochs=s.epochs,
         learning_rate=s.lr,
@@ -353,7 +432,7 @@ def run_sft(cfg: DQTrainConfig, examples: Sequence[DQExample]) -> Path:
         processing_class=processor,
         peft_config=lora,
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=start)
     _save(trainer, processor, out, cfg)
     return out
 
@@ -375,14 +454,18 @@ def run_grpo(
     from trl import GRPOConfig, GRPOTrainer
 
     init = cfg.grpo.init_adapter or cfg.out_dir / "sft"
+    note = recover_dir(init)
+    if note is not None:
+        log.warning("%s", note)
     if not (init / "adapter_config.json").exists():
         raise FileNotFoundError(f"no adapter to continue at {init}: run stage=sft first")
     out = cfg.out_dir / "grpo"
+    start = _resume_from(cfg, "grpo")
     base, processor = load_base(cfg)
     model = PeftModel.from_pretrained(base, str(init), is_trainable=True)
     g = cfg.grpo
     args = GRPOConfig(
-        **_common_args(cfg, out),
+        **_common_args(cfg, "grpo", g),
         max_steps=g.max_steps,
         num_train_epochs=g.epochs,
         learning_rate=g.lr,
@@ -407,22 +490,25 @@ def run_grpo(
         train_dataset=dataset,
         processing_class=processor,
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=start)
     _save(trainer, processor, out, cfg)
     return out
 
 
 def _save(trainer: Any, processor: Any, out: Path, cfg: DQTrainConfig) -> None:
     # Only the adapter is saved (save_pretrained of the peft model), plus the processor so
-    # the directory is self-describing; the base model is named in the config dump.
+    # the directory is self-describing; the base model is named in the config dump. Built
+    # beside `out` and swapped in whole: GRPO and inference trust what is there.
     if not _is_main():
         return
-    out.mkdir(parents=True, exist_ok=True)
+    recover_dir(out)
+    tmp = staged(out)
     model = trainer.accelerator.unwrap_model(trainer.model)
-    model.save_pretrained(str(out))
-    processor.save_pretrained(str(out))
+    model.save_pretrained(str(tmp))
+    processor.save_pretrained(str(tmp))
     history = [dict(h) for h in trainer.state.log_history]
-    (out / "log_history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
+    (tmp / "log_history.json").write_text(json.dumps(history, indent=1), encoding="utf-8")
+    replace_dir(tmp, out)
     log.info("saved adapter to %s", out)
 
 
@@ -437,7 +523,7 @@ def train(cfg: DQTrainConfig) -> dict[str, str]:
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     if _is_main():
         dump = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-        (cfg.out_dir / CONFIG_DUMP).write_text(dump, encoding="utf-8")
+        write_atomic(cfg.out_dir / CONFIG_DUMP, dump)
     places = load_places(cfg)
     search, search_k, embed = make_search(cfg, places)
     examples = get_examples(cfg, places, search, search_k)

@@ -19,13 +19,16 @@ plausible reasoning pattern, not a free-form chain of thought.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dlgpr_core.atomic import write_atomic
 from dlgpr_core.data.annotations import PlaceAnnotation
 from dlgpr_core.data.annotations import places_by_id as index_places
 from dlgpr_core.data.records import namespaced_place_id
@@ -95,15 +98,60 @@ class DQExample:
 
 
 def write_examples(path: Path | str, examples: Iterable[DQExample]) -> int:
-    """Write one JSON object per line; returns how many were written."""
+    """Write one JSON object per line; returns how many were written. Written beside the
+    target and renamed over it, so a crash leaves the old file or the new one, never a
+    torn one that a later stage would train on."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     n = 0
-    with path.open("w", encoding="utf-8") as fh:
-        for ex in examples:
-            fh.write(ex.to_json() + "\n")
-            n += 1
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            for ex in examples:
+                fh.write(ex.to_json() + "\n")
+                n += 1
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return n
+
+
+KEY_SUFFIX = ".key.json"
+"""Beside an examples file: the hash and the settings of the config that built it."""
+
+
+def cache_key(settings: Mapping[str, Any]) -> str:
+    """A stable hash of everything that shapes the examples (JSON, sorted keys)."""
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def write_cache_key(path: Path | str, settings: Mapping[str, Any]) -> Path:
+    """Record which settings built the examples file at `path` (atomically)."""
+    record = {"key": cache_key(settings), "settings": dict(settings)}
+    text = json.dumps(record, indent=1, sort_keys=True, default=str)
+    return write_atomic(Path(str(path) + KEY_SUFFIX), text)
+
+
+def cache_drift(path: Path | str, settings: Mapping[str, Any]) -> list[str] | None:
+    """How the examples file at `path` differs from what `settings` would build: [] when
+    it was built by them, the differing top-level settings otherwise, None when the file
+    has no record of what built it (an older run, or a file made elsewhere)."""
+    key_file = Path(str(path) + KEY_SUFFIX)
+    try:
+        record = json.loads(key_file.read_text(encoding="utf-8"))
+        old, key = record["settings"], record["key"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if key == cache_key(settings):
+        return []
+    new = json.loads(json.dumps(dict(settings), default=str))
+    if not isinstance(old, dict):
+        return ["<unreadable record>"]
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)) or ["<hash>"]
 
 
 def read_examples(path: Path | str) -> list[DQExample]:
