@@ -38,6 +38,12 @@ PARAMETERS: tuple[tuple[str, Any, str], ...] = (
         "Dialogues running at once; a new description beyond them is refused (a FAILED "
         "state for its request_id, a logged and counted rejection).",
     ),
+    (
+        "max_requests_in_flight",
+        8,
+        "Requests sent and not answered at once, per peer (retrieval node, questioner); more "
+        "wait in the manager, their request_timeout not running (busy is not silent).",
+    ),
     ("max_goals", 16, "Localize goals live at once; more are rejected."),
     ("speak", False, "Speak questions with espeak-ng."),
     ("voice", "en", "espeak-ng voice."),
@@ -78,6 +84,7 @@ def pool_limits(p: dict[str, Any]) -> PoolLimits:
         max_utterance_bytes=int(p["max_utterance_bytes"]),
         max_finished=int(p["max_finished"]),
         max_live=int(p["max_live_dialogues"]),
+        max_in_flight=int(p["max_requests_in_flight"]),
     )
 
 

@@ -34,7 +34,7 @@ from dlgpr_core.dialogue.session import (
     is_repeat,
 )
 from dlgpr_core.dialogue.sessions import PoolAction, PoolLimits, Reject, SessionPool
-from dlgpr_core.dialogue.state import DialogueConfig, Status
+from dlgpr_core.dialogue.state import AWAITING_QUESTION, DialogueConfig, Status
 from dlgpr_core.mapdb.report import PlaceHit
 
 
@@ -444,3 +444,58 @@ def test_a_tick_visits_only_the_dialogues_that_are_due(monkeypatch: pytest.Monke
     finished = [a for a in p.tick() if isinstance(a, Finish)]
     assert len(handled) == len(finished) == 500
     assert p.live == 500
+
+
+def test_retrievals_in_flight_are_bounded_and_held_ones_do_not_time_out() -> None:
+    """A burst of dialogues: only `max_in_flight` requests go out; the others wait in the
+    pool, in order, without their time-out running (the retrieval node is busy, not
+    silent), and each answered one lets the next go."""
+    clock = Clock()
+    p = timed_pool(clock, max_in_flight=2)
+    sent: list[RequestRetrieval] = []
+    for i in range(5):
+        sent += [a for a in p.start(f"Place {i}.")[1] if isinstance(a, RequestRetrieval)]
+    assert [r.dialogue_id for r in sent] == ["dlg-f-1", "dlg-f-2"]
+    assert p.requests() == (2, 3) and p.counters["requests_held"] == 3
+    # the ones in flight time out and re-send as ever; the held ones do nothing
+    clock.t += 2.0
+    resent = [a for a in p.tick() if isinstance(a, RequestRetrieval)]
+    assert sorted(r.dialogue_id for r in resent) == ["dlg-f-1", "dlg-f-2"]
+    assert p.requests() == (2, 3)
+    # an answer frees a slot: the oldest held request goes, its wait starting now
+    clock.t += 0.5
+    out = p.on_candidates("dlg-f-1", 0, hits(0.5, 0.5))
+    released = [a for a in out if isinstance(a, RequestRetrieval)]
+    assert [r.dialogue_id for r in released] == ["dlg-f-3"]
+    third = p.get("dlg-f-3")
+    assert third is not None and third.deadline == clock.t + 2.0
+    # a held dialogue that is cancelled leaves the queue; a finished one frees its slot
+    p.cancel("dlg-f-4")
+    out = p.cancel("dlg-f-2")
+    assert [a.dialogue_id for a in out if isinstance(a, RequestRetrieval)] == ["dlg-f-5"]
+    assert p.requests() == (2, 0)
+    # nobody was failed for waiting: only the cancelled ones ended
+    assert p.counters["finished"] == 2 and p.live == 3
+
+
+def test_questions_in_flight_are_bounded_too() -> None:
+    """The questioner is a peer like the retrieval node: the state that asks it (published
+    with the request) waits in the pool with it."""
+    clock = Clock()
+    p = timed_pool(clock, max_in_flight=1)
+    a, _ = p.start("Place a.")
+    b, _ = p.start("Place b.")
+    assert a is not None and b is not None
+    out = p.on_candidates(a, 0, hits(0.5, 0.5))
+    assert kinds(out)[:2] == ["PublishState", "RequestQuestion"]
+    assert kinds(out)[2:] == ["RequestRetrieval"]  # a's slot freed: b's retrieval goes
+    out = p.on_candidates(b, 0, hits(0.5, 0.5))
+    assert kinds(out) == []  # b awaits a question, but a's is in flight: held, unpublished
+    assert p.requests(AWAITING_QUESTION) == (1, 1)
+    clock.t += 5.0  # a re-sends; b, held, neither re-sends nor times out
+    assert sorted(kinds(p.tick())) == ["Notice", "PublishState", "RequestQuestion"]
+    out = p.on_question(a, 0, presence_question("tree"), "q")
+    assert kinds(out) == ["PublishState", "Ask", "PublishState", "RequestQuestion"]
+    state = first(out[2:], PublishState)
+    assert state is not None and state.state.dialogue_id == b
+    assert p.requests(AWAITING_QUESTION) == (1, 0)

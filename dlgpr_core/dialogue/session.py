@@ -255,6 +255,11 @@ class DialogueSession:
         timeout = cfg.answer_timeout if s.phase == AWAITING_ANSWER else cfg.request_timeout
         return None if timeout is None else self.sent_at + timeout
 
+    def restart_wait(self) -> None:
+        """The pending request goes out only now (its driver held it back, e.g. to bound the
+        retrievals in flight): its time-out counts from here, not from when it was made."""
+        self.sent_at = self.clock()
+
     # -- events ---------------------------------------------------------------------------
 
     def handle(self, event: Event) -> list[Action]:

@@ -12,6 +12,13 @@ unanswered ends its dialogue after the config's `answer_timeout`, and at most
 `max_finished` finished dialogues are remembered, each slimmed to its top-k candidates.
 Every event costs O(log n) at most: finishing pops one id, and a tick visits only the
 dialogues whose deadline has passed (a heap of deadlines), never all of them.
+
+At most `max_in_flight` requests per peer (the retrieval node, the questioner) are in
+flight; the others wait here, in order, and their time-out starts when they are sent.
+Under a burst (100 dialogues starting at once) a peer's queue used to outlast the request
+time-out: every dialogue re-sent, each re-send lengthened the queue, and dialogues failed
+with the peer busy, not silent. A time-out now measures a peer's silence, not the length
+of a queue.
 """
 
 from __future__ import annotations
@@ -35,11 +42,20 @@ from dlgpr_core.dialogue.session import (
     Fail,
     Finish,
     Notice,
+    PublishState,
     Ranked,
+    RequestQuestion,
+    RequestRetrieval,
     Reranker,
     Tick,
 )
-from dlgpr_core.dialogue.state import DialogueConfig, DialogueState
+from dlgpr_core.dialogue.state import (
+    AWAITING_QUESTION,
+    RETRIEVING,
+    DialogueConfig,
+    DialogueState,
+    Phase,
+)
 from dlgpr_core.mapdb.report import PlaceHit
 
 
@@ -62,6 +78,28 @@ class Reject:
 PoolAction = Action | Reject
 
 
+PEER_PHASES: tuple[Phase, ...] = (RETRIEVING, AWAITING_QUESTION)
+"""The phases that wait for a peer node: the retrieval node, the questioner."""
+
+
+def _split_requests(actions: Sequence[Action]) -> list[tuple[Phase | None, list[Action]]]:
+    """`actions` in order, each request to a peer grouped with what sends it: a retrieval
+    request alone; a question request with the state published just before it (over ROS
+    that state is the request). Other actions come alone, with no peer."""
+    out: list[tuple[Phase | None, list[Action]]] = []
+    for a in actions:
+        if isinstance(a, RequestRetrieval):
+            out.append((RETRIEVING, [a]))
+        elif isinstance(a, RequestQuestion):
+            if out and out[-1][0] is None and isinstance(out[-1][1][0], PublishState):
+                out[-1] = (AWAITING_QUESTION, [*out[-1][1], a])
+            else:
+                out.append((AWAITING_QUESTION, [a]))
+        else:
+            out.append((None, [a]))
+    return out
+
+
 @dataclass(frozen=True)
 class PoolLimits:
     """What one manager accepts and remembers."""
@@ -72,9 +110,17 @@ class PoolLimits:
     max_live: int = 200
     """Dialogues running at once; a description beyond them is refused (a flood of new
     dialogues must not grow memory, nor starve the dialogues already running)."""
+    max_in_flight: int = 8
+    """Requests sent and not answered at once, per peer (retrievals, questions); more wait
+    in the pool (see the module docstring)."""
 
     def __post_init__(self) -> None:
-        if self.max_utterance_bytes < 1 or self.max_finished < 0 or self.max_live < 1:
+        if (
+            self.max_utterance_bytes < 1
+            or self.max_finished < 0
+            or self.max_live < 1
+            or self.max_in_flight < 1
+        ):
             raise ValueError(f"invalid limits {self}")
 
 
@@ -103,6 +149,13 @@ class SessionPool:
         `_due[id]`, older ones are skipped when popped (lazy deletion)."""
         self._due: dict[str, float] = {}
         self._seq = itertools.count()
+        self._in_flight: dict[Phase, set[str]] = {p: set() for p in PEER_PHASES}
+        """Per peer (named by the phase that waits for it): dialogues whose request was
+        sent and not answered yet."""
+        self._held: dict[Phase, OrderedDict[str, list[Action]]] = {
+            p: OrderedDict() for p in PEER_PHASES
+        }
+        """Per peer: requests waiting for a slot (the actions that send one), oldest first."""
         self._prefix = id_prefix
         self._next = 0
 
@@ -126,6 +179,13 @@ class SessionPool:
         """Dialogues not finished yet."""
         return len(self._sessions) - len(self._finished)
 
+    def requests(self, phase: Phase = RETRIEVING) -> tuple[int, int]:
+        """(in flight, waiting to be sent) of the peer `phase` waits for."""
+        return len(self._in_flight[phase]), len(self._held[phase])
+
+    def _is_held(self, did: str) -> bool:
+        return any(did in held for held in self._held.values())
+
     # -- events ---------------------------------------------------------------------------
 
     def start(self, text: str, request_id: str = "") -> tuple[str | None, list[PoolAction]]:
@@ -143,9 +203,7 @@ class SessionPool:
         )
         self._sessions[did] = session
         self.counters["started"] += 1
-        out = self._tally(actions)
-        self._schedule(session)
-        return did, out
+        return did, self._after(session, actions)
 
     def _full(self, request_id: str) -> Reject:
         wait = (
@@ -214,7 +272,7 @@ class SessionPool:
                 continue  # superseded: the dialogue moved on since this entry was pushed
             del self._due[did]
             session = self._sessions.get(did)
-            if session is not None and not session.done:
+            if session is not None and not session.done and not self._is_held(did):
                 due.append(session)
         out: list[PoolAction] = []
         for session in due:
@@ -239,13 +297,58 @@ class SessionPool:
         return self._feed(session, event)
 
     def _feed(self, session: DialogueSession, event: Event) -> list[PoolAction]:
-        out = self._tally(session.handle(event))
+        return self._after(session, session.handle(event))
+
+    def _after(self, session: DialogueSession, actions: Sequence[Action]) -> list[PoolAction]:
+        """Bookkeeping after `session` produced `actions`: retrieval slots, counters,
+        forgetting, its deadline, and the held requests a freed slot lets go."""
+        out = self._tally(self._admit(session, actions))
         self._schedule(session)
+        return out + self._release()
+
+    def _admit(self, session: DialogueSession, actions: Sequence[Action]) -> list[Action]:
+        """Lets a request to a peer go if that peer has a free slot (a re-send always: its
+        slot is taken), else holds it; frees the slot of a dialogue no longer waiting."""
+        did, cap = session.dialogue_id, self.limits.max_in_flight
+        out: list[Action] = []
+        for phase, part in _split_requests(actions):
+            if phase is None or did in self._in_flight[phase]:
+                out += part
+            elif len(self._in_flight[phase]) < cap:
+                self._in_flight[phase].add(did)
+                out += part
+            else:
+                self._held[phase][did] = part
+                self.counters["requests_held"] += 1
+        for phase in PEER_PHASES:
+            if session.done or session.phase != phase:
+                self._in_flight[phase].discard(did)
+                self._held[phase].pop(did, None)
+        return out
+
+    def _release(self) -> list[PoolAction]:
+        """Sends held requests while their peer has free slots (their wait starts now)."""
+        out: list[PoolAction] = []
+        for phase in PEER_PHASES:
+            held, flying = self._held[phase], self._in_flight[phase]
+            while held and len(flying) < self.limits.max_in_flight:
+                did, part = held.popitem(last=False)
+                session = self._sessions.get(did)
+                if session is None or session.phase != phase:
+                    continue
+                session.restart_wait()
+                flying.add(did)
+                self._schedule(session)
+                out += part
         return out
 
     def _schedule(self, session: DialogueSession) -> None:
-        """Keeps the session's current deadline in the heap (one push per change)."""
+        """Keeps the session's current deadline in the heap (one push per change); a held
+        retrieval has none until it is sent."""
         did, deadline = session.dialogue_id, session.deadline
+        if self._is_held(did):
+            self._due.pop(did, None)
+            return
         if deadline is None or self._due.get(did) == deadline:
             return
         self._due[did] = deadline
