@@ -83,7 +83,7 @@ def test_factory() -> None:
 class _Server:
     """A scripted /v1/chat/completions: pops one (status, body) per request, records them."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         self.script: list[tuple[int, dict[str, Any]]] = []
         self.requests: list[tuple[str, dict[str, str], dict[str, Any]]] = []
         outer = self
@@ -104,7 +104,7 @@ class _Server:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer((host, 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
 
@@ -180,3 +180,150 @@ def test_openai_unreachable_server() -> None:
     chat._sleep = lambda _: None
     with pytest.raises(ChatBackendError, match="ConnectError"):
         chat.generate(CONVS[:1], 8, 0.0)
+
+
+# --- hardening: where the key goes, and a total deadline per request ----------------------
+
+
+def _own_remote_address() -> str | None:
+    """An address of this machine that is not loopback (the route to a documentation
+    network, never contacted: a UDP socket only picks its source address)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))
+        except OSError:
+            return None
+        address = s.getsockname()[0]
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
+
+
+@pytest.mark.parametrize(
+    ("url", "sent"),
+    [
+        ("https://api.openai.com/v1", True),
+        ("http://127.0.0.1:8000/v1", True),
+        ("http://127.5.0.1:8000", True),
+        ("http://localhost:8000", True),
+        ("http://[::1]:8000", True),
+        ("http://192.0.2.7:8000/v1", False),
+        ("http://gpu-box.lan:8000", False),
+        ("http://localhost.evil.example:80", False),
+    ],
+)
+def test_the_key_is_sent_only_over_https_or_to_loopback(
+    url: str, sent: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("DLGPR_TEST_KEY", "sk-secret")
+    monkeypatch.delenv("DLGPR_ALLOW_INSECURE_API_KEY", raising=False)
+    chat = OpenAIChat("m", url, api_key_env="DLGPR_TEST_KEY")
+    assert ("Authorization" in chat._headers()) == sent
+    assert ("not sending" in caplog.text) == (not sent)
+    allowed = OpenAIChat("m", url, api_key_env="DLGPR_TEST_KEY", allow_insecure_key=True)
+    assert allowed._headers()["Authorization"] == "Bearer sk-secret"
+
+
+def test_a_remote_plain_http_server_never_sees_the_key(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A real request to this machine's own non-loopback address over plain HTTP: the key
+    stays home unless explicitly allowed (then with a warning), and a 401 says why."""
+    address = _own_remote_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    s = _Server(host="0.0.0.0")
+    thread = threading.Thread(target=s.httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://{address}:{s.httpd.server_address[1]}"
+        monkeypatch.setenv("DLGPR_TEST_KEY", "sk-secret")
+        monkeypatch.delenv("DLGPR_ALLOW_INSECURE_API_KEY", raising=False)
+        s.script = [_ok("fine"), (401, {"error": {"message": "no key"}})]
+        chat = OpenAIChat("m", url, api_key_env="DLGPR_TEST_KEY", timeout=5)
+        assert chat.generate(CONVS[:1], 8, 0.0) == [["fine"]]
+        assert "Authorization" not in s.requests[0][1]
+        with pytest.raises(ChatBackendError, match="withheld"):
+            chat.generate(CONVS[:1], 8, 0.0)
+        monkeypatch.setenv("DLGPR_ALLOW_INSECURE_API_KEY", "1")
+        s.script = [_ok("fine")]
+        with caplog.at_level("WARNING"):
+            OpenAIChat("m", url, api_key_env="DLGPR_TEST_KEY", timeout=5).generate(
+                CONVS[:1], 8, 0.0
+            )
+        assert s.requests[-1][1]["Authorization"] == "Bearer sk-secret"
+        assert "plain HTTP" in caplog.text
+    finally:
+        s.httpd.shutdown()
+        s.httpd.server_close()
+
+
+class _Trickler:
+    """A real TCP server that answers every request with one byte every 50 ms, in the
+    status line and headers (`phase="headers"`) or in a body (`phase="body"`): each read
+    succeeds, so per-read timeouts never fire."""
+
+    def __init__(self, phase: str) -> None:
+        import socket
+
+        self.phase = phase
+        self.stop = threading.Event()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn: Any) -> None:
+        with conn:
+            conn.recv(65536)
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            if self.phase == "body":
+                conn.sendall(head + b"Content-Length: 100000\r\n\r\n")
+                head = b" " * 100000
+            else:
+                head += b"X-Slow: " + b"a" * 100000
+            for i in range(len(head)):
+                if self.stop.wait(0.05):
+                    return
+                try:
+                    conn.sendall(head[i : i + 1])
+                except OSError:
+                    return  # the client gave up
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("phase", ["headers", "body"])
+def test_a_trickling_server_is_cut_off_at_the_deadline(phase: str) -> None:
+    """Per-read timeouts never fire while a server sends a byte at a time; the total
+    deadline per request does, and the retry gets its own."""
+    import time
+
+    server = _Trickler(phase)
+    try:
+        chat = OpenAIChat(
+            "m", server.url, api_key_env=None, timeout=5, deadline=1.0, max_retries=1,
+            sleep=lambda _: None,
+        )  # fmt: skip
+        t = time.monotonic()
+        with pytest.raises(ChatBackendError, match=r"deadline of 1 s"):
+            chat.generate(CONVS[:1], 8, 0.0)
+        assert time.monotonic() - t < 5.0  # two attempts of 1 s each, plus slack
+        chat.close()
+    finally:
+        server.close()

@@ -14,7 +14,9 @@ Spec strings (``create_teacher_annotator(arg)`` gets what follows ``teacher:``):
   takes images (OpenAI, vLLM, llama.cpp server, ...), e.g.
   ``teacher:openai:gpt-4o@https://api.openai.com/v1``; ``teacher:openai:<model>`` means
   OpenAI itself. The key is read from ``$OPENAI_API_KEY`` (option ``api_key_env``) and sent
-  as a bearer token; each image travels as a base64 JPEG ``image_url`` item.
+  as a bearer token, only over HTTPS or to this machine (`OpenAIChat`, the one client both
+  use: option ``allow_insecure_key``); each request has a total ``deadline`` (default
+  600 s); each image travels as a base64 JPEG ``image_url`` item.
 - ``teacher:<hub id or local directory>``: any transformers image-text-to-text model, loaded
   by `dlgpr_core.llm.vlm` (option ``adapter`` for a LoRA adapter, ``device``, ``dtype``,
   ``batch_size``).
@@ -196,8 +198,10 @@ class OpenAITeacherBackend:
         min_words: int = 5,
         max_side: int | None = 1024,
         concurrency: int = 4,
-        client: httpx.Client | None = None,
+        client: httpx.AsyncClient | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        deadline: float = 600.0,
+        allow_insecure_key: bool | None = None,
     ) -> None:
         if max_reply_retries < 0 or concurrency < 1:
             raise ValueError("max_reply_retries must be >= 0 and concurrency >= 1")
@@ -222,6 +226,8 @@ class OpenAITeacherBackend:
             max_backoff=max_backoff,
             client=client,
             sleep=self._counted_sleep,
+            deadline=deadline,
+            allow_insecure_key=allow_insecure_key,
         )
 
     @property

@@ -8,12 +8,16 @@ code paths that talk to a server never pay for them.
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     import httpx
@@ -26,6 +30,12 @@ Message = dict[str, Any]
 Conversation = list[Message]
 
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
+
+ALLOW_INSECURE_KEY_ENV = "DLGPR_ALLOW_INSECURE_API_KEY"
+"""Set to 1 to send the API key over plain HTTP to a host that is not this machine (a
+trusted private network only); the option ``allow_insecure_key`` does the same."""
+
+_T = TypeVar("_T")
 
 
 class ChatModel(Protocol):
@@ -180,6 +190,49 @@ class TransformersChat:
 _RETRY_STATUS = frozenset({408, 409, 429})
 
 
+def key_safe_url(url: str) -> bool:
+    """True when a bearer key may travel to `url`: over HTTPS, or to this machine itself
+    (a loopback address or ``localhost``), where no one on the network can read it."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() == "https":
+        return True
+    host = (parts.hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _EventLoopThread:
+    """One asyncio loop on a daemon thread, shared by every `OpenAIChat`: a request runs
+    there under `asyncio.timeout`, which cancels it wherever it is (connecting, waiting for
+    headers, reading a body a byte at a time), a bound no per-read timeout can give. Callers
+    stay synchronous and may call from several threads at once (the teacher does)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = 0
+
+    def _running(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            # After a fork the child has the loop object but not its thread: start anew.
+            if self._loop is None or self._pid != os.getpid():
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="dlgpr-http", daemon=True).start()
+                self._loop, self._pid = loop, os.getpid()
+            return self._loop
+
+    def run(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        """Run `coro` on the loop and wait for its result (or its exception)."""
+        return asyncio.run_coroutine_threadsafe(coro, self._running()).result()
+
+
+_HTTP_LOOP = _EventLoopThread()
+
+
 def _error_detail(response: httpx.Response) -> str:
     """The server's own error message when it sent one (OpenAI: {"error": {"message"}})."""
     try:
@@ -203,6 +256,14 @@ class OpenAIChat:
     Rate limits (429) and server errors (5xx) are retried with exponential backoff, honouring
     a numeric Retry-After; other refusals raise `ChatBackendError` with the server's message,
     because retrying a bad request only hides the bug.
+
+    The API key (``$<api_key_env>``) is sent only over HTTPS or to this machine: over plain
+    HTTP to another host anyone on the path could read it, so it is withheld (with a
+    warning) unless `allow_insecure_key` (or ``$DLGPR_ALLOW_INSECURE_API_KEY=1``) says
+    otherwise. `timeout` bounds each network operation; `deadline` bounds a whole request
+    (a server trickling a byte at a time defeats per-read timeouts), and a request cut off
+    by it is retried like a timeout, so a call takes at most about
+    ``(max_retries + 1) * deadline`` plus the backoff.
     """
 
     def __init__(
@@ -214,20 +275,31 @@ class OpenAIChat:
         max_retries: int = 4,
         backoff: float = 1.0,
         max_backoff: float = 30.0,
-        client: httpx.Client | None = None,
+        client: httpx.AsyncClient | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        deadline: float = 300.0,
+        allow_insecure_key: bool | None = None,
     ) -> None:
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        if not deadline > 0:
+            raise ValueError(f"deadline must be > 0 seconds, got {deadline}")
         self.model = model
         root = base_url.rstrip("/")
         # Accept both "http://host:8000" and "http://host:8000/v1" (OpenAI's own spelling).
         self.url = root + ("/chat/completions" if root.endswith("/v1") else "/v1/chat/completions")
         self.api_key_env = api_key_env
         self.timeout = timeout
+        self.deadline = deadline
         self.max_retries = max_retries
         self.backoff = backoff
         self.max_backoff = max_backoff
+        if allow_insecure_key is None:
+            flag = os.environ.get(ALLOW_INSECURE_KEY_ENV, "").strip().lower()
+            allow_insecure_key = flag in ("1", "true", "yes")
+        self.allow_insecure_key = allow_insecure_key
+        self._key_withheld = False
+        self._warned = False
         self._client = client
         self._sleep = sleep
 
@@ -242,36 +314,57 @@ class OpenAIChat:
             key = os.environ.get(self.api_key_env)
             # Local servers need no key, so a missing one is only an error if the server
             # says so (then the 401 message below names the variable).
-            if key:
+            if key and not key_safe_url(self.url) and not self.allow_insecure_key:
+                self._key_withheld = True
+                self._warn_once(
+                    f"not sending ${self.api_key_env} to {self.url}: plain HTTP to a host "
+                    "that is not this machine, where anyone on the path could read it; use "
+                    f"https, or allow_insecure_key=True / {ALLOW_INSECURE_KEY_ENV}=1 on a "
+                    "trusted network"
+                )
+            elif key:
+                if not key_safe_url(self.url):
+                    self._warn_once(
+                        f"sending ${self.api_key_env} over plain HTTP to {self.url}, as "
+                        "allowed: anyone on the path can read it"
+                    )
                 headers["Authorization"] = f"Bearer {key}"
         return headers
 
-    def _client_or_new(self) -> httpx.Client:
-        if self._client is None:
-            import httpx
+    def _warn_once(self, message: str) -> None:
+        if not self._warned:
+            self._warned = True
+            log.warning("%s", message)
 
-            self._client = httpx.Client(timeout=self.timeout)
-        return self._client
+    async def _attempt(self, payload: dict[str, Any], headers: dict[str, str]) -> httpx.Response:
+        """One request on the shared loop, cut off at `deadline` wherever it is."""
+        import httpx
+
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self.timeout)
+        async with asyncio.timeout(self.deadline):
+            return await self._client.post(
+                self.url, json=payload, headers=headers, timeout=self.timeout
+            )
 
     def close(self) -> None:
         """Close the HTTP connection pool."""
         if self._client is not None:
-            self._client.close()
-            self._client = None
+            client, self._client = self._client, None
+            _HTTP_LOOP.run(client.aclose())
 
     def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
         import httpx
 
-        client = self._client_or_new()
         last = ""
         for attempt in range(self.max_retries + 1):
             retry_after: float | None = None
             try:
-                resp = client.post(
-                    self.url, json=payload, headers=self._headers(), timeout=self.timeout
-                )
+                resp = _HTTP_LOOP.run(self._attempt(payload, self._headers()))
             except httpx.TransportError as exc:  # timeouts, refused connections
                 last = f"{type(exc).__name__}: {exc}"
+            except TimeoutError:
+                last = f"no complete reply within the deadline of {self.deadline:g} s"
             else:
                 if resp.status_code == 200:
                     try:
@@ -287,7 +380,12 @@ class OpenAIChat:
                 last = f"HTTP {resp.status_code}: {detail}"
                 if resp.status_code not in _RETRY_STATUS and resp.status_code < 500:
                     hint = ""
-                    if resp.status_code in (401, 403) and self.api_key_env:
+                    if resp.status_code in (401, 403) and self._key_withheld:
+                        hint = (
+                            f" (the key in ${self.api_key_env} was withheld: plain HTTP to "
+                            f"another host; use https or {ALLOW_INSECURE_KEY_ENV}=1)"
+                        )
+                    elif resp.status_code in (401, 403) and self.api_key_env:
                         hint = f" (API key read from ${self.api_key_env})"
                     raise ChatBackendError(f"{self.url} refused the request: {last}{hint}")
                 header = resp.headers.get("retry-after")
