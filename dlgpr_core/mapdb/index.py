@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -75,6 +77,36 @@ def to_search_device(index: Any) -> Any:
         return faiss.index_cpu_to_gpu(_GPU_RESOURCES[0], 0, index)
     except (RuntimeError, AttributeError):
         return index
+
+
+SINGLE_QUERY_THREADS = int(os.environ.get("DLGPR_SEARCH_THREADS", "1"))
+"""FAISS threads for a search of a few queries (what a robot asks): one by default.
+
+FAISS splits even one query's exact search over all cores; on shared cores the threads
+then wait for each other at every step: `benchmarks/bench_search.py` measured 0.43 ms with
+one thread against 60 ms with two at 10k vectors, 18 against 60 ms at 100k (2 shared
+cores, load ~10). Set ``DLGPR_SEARCH_THREADS`` to use more on dedicated cores. Batches
+(evaluation, recall measurement) keep FAISS's threads."""
+FEW_QUERIES = 8
+
+
+@contextmanager
+def search_threads(n_queries: int) -> Iterator[None]:
+    """`SINGLE_QUERY_THREADS` for the calling thread while it searches a few queries.
+
+    OpenMP's thread count is per calling thread, so a build running in another thread
+    keeps its own.
+    """
+    if n_queries > FEW_QUERIES:
+        yield
+        return
+    faiss = faiss_module()
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(max(1, min(SINGLE_QUERY_THREADS, before)))
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def atomic_write_index(index: Any, path: Path) -> None:
@@ -157,7 +189,9 @@ class ExactIndex:
         k = max(1, min(k, self.ntotal))
         # GPU k-selection is capped (2048 in FAISS); deeper searches run on the CPU copy.
         index = self._device_index if k <= GPU_MAX_K else self.index
-        scores, ids = index.search(as_queries(queries, self.dim), k)
+        q = as_queries(queries, self.dim)
+        with search_threads(len(q)):
+            scores, ids = index.search(q, k)
         return np.asarray(scores), np.asarray(ids, dtype=np.int64)
 
     def save(self, path: Path) -> None:
@@ -190,6 +224,14 @@ class ApproxReport:
         )
 
     __str__ = render
+
+
+TRAIN_PER_LIST = 39
+"""IVF training points per list for large maps (FAISS's own minimum without a warning):
+k-means over every vector of a million-image map takes hours on a robot's CPU."""
+TRAIN_ITERATIONS = 10
+"""k-means iterations on such a sample (FAISS's default is 25); nprobe absorbs the
+difference, which recall@10 in the benchmark shows."""
 
 
 def ivf_lists(n: int) -> int:
@@ -245,7 +287,14 @@ def build_approximate(
             bits = pq_bits or int(min(8, max(4, np.log2(max(16, n // 39)))))
             index = faiss.IndexIVFPQ(quantizer, dim, lists, m, bits, faiss.METRIC_INNER_PRODUCT)
             used.update({"m": m, "nbits": bits, "refine": IVFPQ_REFINE})
-        index.train(x)
+        if n > TRAIN_PER_LIST * lists:  # k-means cost grows with points x lists
+            pick = np.random.default_rng(0).choice(n, TRAIN_PER_LIST * lists, replace=False)
+            index.cp.niter = TRAIN_ITERATIONS
+            if kind == "ivfpq":
+                index.pq.cp.niter = TRAIN_ITERATIONS
+            index.train(x[np.sort(pick)])
+        else:
+            index.train(x)
         index.add_with_ids(x, ids)
         index.nprobe = probe
         return index, used
@@ -277,7 +326,8 @@ class RefinedIndex:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         q = as_queries(queries, self.exact.dim)
-        _, cand = self.coarse.search(q, max(k, k * self.refine))
+        with search_threads(len(q)):
+            _, cand = self.coarse.search(q, max(k, k * self.refine))
         scores = np.full((len(q), k), -np.inf, dtype=np.float32)
         ids = np.full((len(q), k), -1, dtype=np.int64)
         for row, found in enumerate(np.asarray(cand, dtype=np.int64)):
