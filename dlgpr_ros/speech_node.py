@@ -35,7 +35,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
 from std_msgs.msg import String
 
-from dlgpr_core.speech.audio import decode_pcm
+from dlgpr_core.speech.audio import ChunkRejectedError, check_chunk
 from dlgpr_core.speech.pipeline import SpeechPipeline
 from dlgpr_core.speech.transcriber import Transcript
 from dlgpr_ros.msg import AudioChunk, DialogueState, Utterance
@@ -49,8 +49,6 @@ AUDIO_QOS = QoSProfile(
 """Reliable and deep: a lost chunk cuts a word in half, and a bag replayed as fast as possible
 delivers a whole utterance (~50 chunks of 100 ms) in one burst."""
 
-MAX_SAMPLE_RATE = 384_000
-MAX_CHANNELS = 64
 QUEUE_CHUNKS = 3000
 """Backlog bound (~5 min of 100 ms chunks): beyond it chunks are dropped and counted rather
 than letting a stuck worker grow memory without limit."""
@@ -126,12 +124,6 @@ def _device_arg(device: str) -> int | str | None:
     if not device:
         return None
     return int(device) if device.isdigit() else device
-
-
-def _bad_text(value: str) -> bool:
-    """Metadata that did not survive as text (rclpy replaces invalid UTF-8 with U+FFFD) or
-    holds control characters: the publisher is writing something other than an AudioChunk."""
-    return "\ufffd" in value or any(ord(c) < 32 or ord(c) == 127 for c in value)
 
 
 class SpeechNode(Node):
@@ -301,30 +293,14 @@ class SpeechNode(Node):
             self._enqueue(_Flush())
 
     def _validate(self, msg: AudioChunk) -> np.ndarray | None:
-        """The decoded ``(frames, channels)`` samples, or None after counting the drop; every
-        check here is something that would otherwise raise in the worker or feed Whisper
-        noise."""
-        if _bad_text(msg.encoding) or _bad_text(msg.stream_id):
-            self._drop("bad_metadata", f"stream_id={msg.stream_id[:40]!r} "
-                       f"encoding={msg.encoding[:40]!r}")  # fmt: skip
-            return None
-        if not 0 < msg.sample_rate <= MAX_SAMPLE_RATE:
-            self._drop("bad_sample_rate", f"sample_rate={msg.sample_rate}")
-            return None
-        if not 0 < msg.channels <= MAX_CHANNELS:
-            self._drop("bad_channels", f"channels={msg.channels}")
-            return None
+        """The decoded ``(frames, channels)`` samples, or None after counting the drop
+        (the checks: `dlgpr_core.speech.audio.check_chunk`)."""
         raw = msg.data.tobytes() if hasattr(msg.data, "tobytes") else bytes(msg.data)
         try:
-            samples = decode_pcm(raw, msg.encoding, int(msg.channels))
-        except ValueError as exc:
-            reason = "bad_encoding" if "encoding" in str(exc) else "bad_length"
-            self._drop(reason, str(exc)[:200])
+            return check_chunk(msg.encoding, msg.stream_id, msg.sample_rate, msg.channels, raw)
+        except ChunkRejectedError as exc:
+            self._drop(exc.reason, exc.detail)
             return None
-        if samples.dtype.kind == "f" and samples.size and not np.isfinite(samples).all():
-            self._drop("non_finite", "NaN or infinite float samples")
-            return None
-        return samples
 
     def _on_typed(self, msg: String) -> None:
         text = msg.data.strip()

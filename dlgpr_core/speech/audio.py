@@ -104,6 +104,51 @@ def decode_pcm(data: bytes, encoding: str, channels: int) -> np.ndarray:
     return arr.astype(arr.dtype.newbyteorder("="), copy=False)
 
 
+MAX_SAMPLE_RATE = 384_000
+MAX_CHANNELS = 64
+
+
+class ChunkRejectedError(ValueError):
+    """An audio chunk that must not reach the pipeline; `reason` is the counter the speech
+    node drops it under, the message says what was wrong."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def bad_text(value: str) -> bool:
+    """Metadata that did not survive as text (rclpy replaces invalid UTF-8 with U+FFFD) or
+    holds control characters: the publisher is writing something other than an AudioChunk."""
+    return "\ufffd" in value or any(ord(c) < 32 or ord(c) == 127 for c in value)
+
+
+def check_chunk(
+    encoding: str, stream_id: str, sample_rate: int, channels: int, data: bytes
+) -> np.ndarray:
+    """The decoded ``(frames, channels)`` samples of one received audio chunk (the fields of
+    a dlgpr_ros/AudioChunk), or `ChunkRejectedError`; every check here is something that
+    would otherwise raise in the speech worker or feed Whisper noise. Pure, so the speech
+    node's checks can be tested (and fuzzed) without ROS."""
+    if bad_text(encoding) or bad_text(stream_id):
+        raise ChunkRejectedError(
+            "bad_metadata", f"stream_id={stream_id[:40]!r} encoding={encoding[:40]!r}"
+        )
+    if not 0 < sample_rate <= MAX_SAMPLE_RATE:
+        raise ChunkRejectedError("bad_sample_rate", f"sample_rate={sample_rate}")
+    if not 0 < channels <= MAX_CHANNELS:
+        raise ChunkRejectedError("bad_channels", f"channels={channels}")
+    try:
+        samples = decode_pcm(data, encoding, int(channels))
+    except ValueError as exc:
+        reason = "bad_encoding" if "encoding" in str(exc) else "bad_length"
+        raise ChunkRejectedError(reason, str(exc)[:200]) from None
+    if samples.dtype.kind == "f" and samples.size and not np.isfinite(samples).all():
+        raise ChunkRejectedError("non_finite", "NaN or infinite float samples")
+    return samples
+
+
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
     """Read a sound file as float32 ``(frames,)`` or ``(frames, channels)`` plus its rate."""
     import soundfile as sf
