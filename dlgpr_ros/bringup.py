@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +27,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from dlgpr_ros.graph import INPUT_MODES, PlannedNode, launch_plan
-from dlgpr_ros.spin import activate
+from dlgpr_ros.spin import activate, describe_error, spin_through_errors
 
 if TYPE_CHECKING:
     from dlgpr_ros.bag import BagRecorder
@@ -77,6 +77,8 @@ class Graph:
         self.recorder: BagRecorder | None = None
         self._recorder_node: Node | None = None
         self._thread: threading.Thread | None = None
+        self.callback_errors = 0
+        """Exceptions raised by callbacks, each logged; the graph spins on (see spin.py)."""
 
     def record(self, path: Path | str) -> BagRecorder:
         """Records every dialogue topic into a rosbag2 MCAP bag at `path` until shutdown.
@@ -127,12 +129,16 @@ class Graph:
         return self.nodes[name]
 
     def spin_in_thread(self) -> None:
-        self._thread = threading.Thread(target=self._spin, name="dlgpr-bringup", daemon=True)
+        self._thread = threading.Thread(target=self.spin, name="dlgpr-bringup", daemon=True)
         self._thread.start()
 
-    def _spin(self) -> None:
-        with suppress(ExternalShutdownException):
-            self.executor.spin()
+    def spin(self) -> None:
+        """Spins until shutdown, surviving any callback's exception (counted and logged)."""
+        spin_through_errors(self.executor, self._on_callback_error)
+
+    def _on_callback_error(self, exc: Exception) -> None:
+        self.callback_errors += 1
+        log.error("%s [%d so far]", describe_error(exc), self.callback_errors)
 
     def run_until(self, done: Callable[[], bool], timeout: float = 30.0) -> bool:
         """Waits (the executor spins in its thread) until `done()` or the timeout."""
@@ -272,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         record=args.record,
     )
     try:
-        graph.executor.spin()
+        graph.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

@@ -3,10 +3,13 @@
 Why these settings:
 - RELIABLE: every message of a dialogue is a step of a protocol (a lost question or answer
   stalls the dialogue), unlike sensor streams where the next sample replaces a lost one.
-- KEEP_LAST with a bounded depth: the dialogue manager serves several dialogues at once, so
-  a burst of one message per dialogue must fit the queue (50 for the fan-in/fan-out topics
-  every dialogue shares, 10 for request/response pairs that are answered one at a time),
-  while a stuck subscriber still cannot make a publisher grow memory without limit.
+- KEEP_LAST with a bounded depth: the dialogue manager serves up to `max_live_dialogues`
+  (200) dialogues at once, so a burst of one message per live dialogue must fit the queue
+  (256 for the request/response pairs, one in flight per dialogue; 1000 for the fan-in and
+  fan-out topics every dialogue and every person shares, a few messages per dialogue), while
+  a stuck subscriber still cannot make a publisher grow memory without limit. With depths of
+  10 and 50, 100 descriptions sent at once lost half of them, and the requests they caused
+  were answered only through re-sends (tests/test_ros_load.py).
 - VOLATILE: a late-joining or restarted node must not replay answers, questions or
   requests of rounds that are already over (that would mix stale rounds into live
   dialogues). What a restarted node missed is re-sent by the dialogue manager's timeout
@@ -17,9 +20,9 @@ from __future__ import annotations
 
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-REQUEST_DEPTH = 10
-"""retrieval_request, candidates, question: one in flight per dialogue, answered promptly."""
-SHARED_DEPTH = 50
+REQUEST_DEPTH = 256
+"""retrieval_request, candidates, question: one in flight per live dialogue."""
+SHARED_DEPTH = 1000
 """utterance, dialogue_state, localization: every dialogue and every person fans in here."""
 
 

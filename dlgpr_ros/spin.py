@@ -1,16 +1,41 @@
 """Spinning nodes: the body of every node's `main` and the lifecycle start-up bringup uses.
 
 Kept apart from `bringup` so that a node module never imports the graph that starts it.
+
+rclpy re-raises a callback's exception in the thread that spins (`spin_once` collects each
+finished callback's result): one faulty callback would end `executor.spin()` and with it
+every node of the executor, i.e. the whole graph under bringup. `spin_through_errors` reports
+such an exception and spins on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.node import Node
+
+
+def spin_through_errors(executor: Executor, on_error: Callable[[Exception], None]) -> None:
+    """`executor.spin()` until the executor or its context shuts down; an exception a
+    callback raised goes to `on_error` (log it, count it) and spinning goes on."""
+    while True:
+        try:
+            executor.spin()
+            return
+        except ExternalShutdownException:
+            return
+        except Exception as exc:
+            on_error(exc)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One log entry for a callback's exception: what, then the traceback."""
+    trace = "".join(traceback.format_exception(exc)).rstrip()
+    return f"a callback raised {type(exc).__name__}: {exc}; spinning on\n{trace}"
 
 
 def activate(node: LifecycleNode) -> None:
@@ -25,12 +50,16 @@ def spin_nodes(nodes: Sequence[Node], *, lifecycle_autostart: bool = False) -> N
     """Spin until Ctrl-C or an external shutdown, then destroy the nodes and shut rclpy
     down (rclpy.init was called by the caller)."""
     executor = MultiThreadedExecutor()
+
+    def report(exc: Exception) -> None:
+        nodes[0].get_logger().error(describe_error(exc))
+
     try:
         for node in nodes:
             if lifecycle_autostart and isinstance(node, LifecycleNode):
                 activate(node)
             executor.add_node(node)
-        executor.spin()
+        spin_through_errors(executor, report)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

@@ -108,6 +108,20 @@ class UserSide(Node):
                 self._answered.add(key)
         if due:
             self._on_question(owner, msg)
+        if msg.done:
+            self._on_finished(owner, msg)
+
+    def forget(self, dialogue_id: str, last_round: int) -> None:
+        """Drops what is kept about a finished dialogue (a user of thousands of dialogues
+        keeps only their outcomes); later states of it count as foreign."""
+        with self._lock:
+            self.owner_of.pop(dialogue_id, None)
+            self.states.pop(dialogue_id, None)
+            for r in range(last_round + 1):
+                self._answered.discard((dialogue_id, r))
+
+    def _on_finished(self, owner: str, msg: DialogueState) -> None:
+        """`owner`'s dialogue ended (`msg.status`, `msg.detail`); nothing by default."""
 
     def _on_refused(self, owner: str, msg: DialogueState) -> None:
         """The manager refused `owner`'s description (`msg.detail` says why)."""
