@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dlgpr_core.encoders.base import l2_normalise
+from dlgpr_core.encoders.base import Encoder, l2_normalise
 
 from .factory import CONFIG_FILE, WEIGHTS_FILE, image_preprocess, load_cmpl
 from .model import CMPL
@@ -189,10 +189,17 @@ def cmpl_encoder(
 
 def load_cmpl_encoder(
     argument: str, *, checkpoint: str | Path | None = None, device: str | None = None
-) -> CMPLGlobalEncoder:
+) -> Encoder:
     """The ``cmpl:<checkpoint dir>`` kind of `create_encoder`, registered as the ``cmpl``
     entry point of the ``dlgpr.encoders`` group (setup.py): the encoders package may not
-    import the retriever, so it finds this loader through the registry."""
+    import the retriever, so it finds this loader through the registry. A directory written
+    by the tower CMPL (`towers.model.save_tower_cmpl`) loads as that encoder."""
     if checkpoint is not None:
         raise ValueError("a cmpl: encoder takes its weights from its directory, not --checkpoint")
+    from .towers.model import CHECKPOINT_FORMAT, checkpoint_format
+
+    if checkpoint_format(argument) == CHECKPOINT_FORMAT:  # CMPL on the pretrained towers
+        from .towers.encoder import tower_encoder
+
+        return tower_encoder(argument, device=device)
     return cmpl_encoder(argument, device=device)

@@ -8,7 +8,7 @@ input projections (different widths and statistics per tower and depth) and the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -48,8 +48,8 @@ class FineGrainedExtractor(nn.Module):
     def __init__(
         self,
         levels: Sequence[int],
-        vision_width: int,
-        text_width: int,
+        vision_width: int | Mapping[int, int],
+        text_width: int | Mapping[int, int],
         n_queries: int = 16,
         dim: int = 256,
         heads: int = 8,
@@ -64,8 +64,14 @@ class FineGrainedExtractor(nn.Module):
             # Residual-stream states grow in scale with depth; normalise before projecting.
             return nn.Sequential(nn.LayerNorm(width), nn.Linear(width, dim))
 
-        self.image_in = nn.ModuleDict({str(lv): proj(vision_width) for lv in self.levels})
-        self.text_in = nn.ModuleDict({str(lv): proj(text_width) for lv in self.levels})
+        def width(w: int | Mapping[int, int], level: int) -> int:
+            # One width for a ViT's levels; one per level for a CNN's stages (the towers).
+            return w if isinstance(w, int) else int(w[level])
+
+        self.image_in = nn.ModuleDict(
+            {str(lv): proj(width(vision_width, lv)) for lv in self.levels}
+        )
+        self.text_in = nn.ModuleDict({str(lv): proj(width(text_width, lv)) for lv in self.levels})
         self.queries = nn.ParameterDict(
             {str(lv): nn.Parameter(torch.randn(n_queries, dim) * dim**-0.5) for lv in self.levels}
         )

@@ -6,7 +6,7 @@ run can be repeated or resumed from its directory alone. Unknown keys are errors
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -152,7 +152,7 @@ class TrainConfig(BaseModel):
         ``base: other.yaml`` merges this file over another (relative to this file), and a
         ``model: file.yaml`` path is read relative to the config that names it.
         """
-        data = _read_yaml_tree(Path(path))
+        data = read_yaml_tree(Path(path))
         for item in overrides:
             key, value = parse_override(item)
             _expand_model_path(data, key)
@@ -183,7 +183,13 @@ def _expand_model_path(data: dict[str, Any], key: str) -> None:
         data["model"] = CMPLConfig.load(model).to_dict()
 
 
-def _read_yaml_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+def read_yaml_tree(
+    path: Path,
+    seen: tuple[Path, ...] = (),
+    load_model: Callable[[Path], CMPLConfig] = CMPLConfig.load,
+) -> dict[str, Any]:
+    """A training YAML with its ``base:`` chain merged in and a ``model: <file>`` read (by
+    `load_model`, relative to the file naming it); shared by the tower trainer."""
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"config base chain loops: {[str(p) for p in (*seen, path)]}")
@@ -192,11 +198,11 @@ def _read_yaml_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"{path}: a training config must be a YAML mapping")
     model = data.get("model")
     if isinstance(model, str):
-        data["model"] = CMPLConfig.load(path.parent / model).to_dict()
+        data["model"] = load_model(path.parent / model).to_dict()
     base = data.pop("base", None)
     if base is None:
         return data
-    merged = _read_yaml_tree(path.parent / str(base), (*seen, path))
+    merged = read_yaml_tree(path.parent / str(base), (*seen, path), load_model)
     return _deep_merge(merged, data)
 
 
