@@ -45,9 +45,10 @@ class MemoryTarget(BuildTarget):
 
     def store_batch(
         self, rows: Sequence[BatchRow], vectors: np.ndarray, fine: np.ndarray | None = None
-    ) -> None:
+    ) -> list[int]:
         assert vectors.shape == (len(rows), self.dim) and fine is None
         self.rows.extend(rows)
+        return list(range(len(self.rows) - len(rows) + 1, len(self.rows) + 1))
 
     def checkpoint(self, skipped: Sequence[SkippedItem] = ()) -> None:
         self.checkpoints += 1

@@ -10,7 +10,7 @@ reason and stays to do.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +65,24 @@ class AnnotateReport:
         return "\n".join([line, *(f"  {p}: {r}" for p, r in self.unreadable[:20])])
 
 
+@dataclass
+class Annotated:
+    """One image's outcome from an annotation stage (here or on a remote worker)."""
+
+    error: str | None = None
+    """Why the image could not be read (`load_image`'s reason); then ``items`` is None."""
+    items: list[EvidenceItem] | None = None
+    """What the annotator saw; None without ``error``: the annotator failed on it."""
+
+
+Job = tuple[int, Path]
+"""(image id, file) to annotate."""
+
+AnnotateStage = Callable[[Sequence[Job], int], Iterator[tuple[Sequence[Job], Sequence[Annotated]]]]
+"""Reads and annotates jobs elsewhere (Ray workers, see `dlgpr_core.mapdb.distributed`):
+called with every job and the batch size, yields (batch, one `Annotated` per job)."""
+
+
 def annotate_map(
     map_dir: MapDirectory,
     annotator: ImageAnnotator,
@@ -73,8 +91,11 @@ def annotate_map(
     progress: bool = True,
     workers: int = 4,
     redo: bool = False,
+    stage: AnnotateStage | None = None,
 ) -> AnnotateReport:
-    """Annotates every image `annotator` has not done at its version (all with `redo`)."""
+    """Annotates every image `annotator` has not done at its version (all with `redo`);
+    ``stage`` runs the reading and annotating elsewhere (``annotator`` then only names
+    the evidence and its version), the storing stays here."""
     store = EvidenceStore(map_dir.store)
     start = time.perf_counter()
     report = AnnotateReport(annotator.name, annotator.version)
@@ -86,47 +107,70 @@ def annotate_map(
         todo = store.todo(annotator.name, annotator.version)
         report.already_done = len(map_dir.store.image_ids()) - len(todo)
         rows = map_dir.store.rows_by_ids(todo)
+        jobs = [(i, Path(rows[i].root) / rows[i].path) for i in todo]
         bar = tqdm(
             total=len(todo), desc=f"evidence {annotator.name}", unit="img", disable=not progress
         )
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            for s in range(0, len(todo), batch_size):
-                batch = [(i, Path(rows[i].root) / rows[i].path) for i in todo[s : s + batch_size]]
-                _annotate_batch(map_dir, store, annotator, pool, batch, report)
+            if stage is None:
+                outcomes = _local_stage(annotator, pool, jobs, batch_size)
+            else:
+                outcomes = stage(jobs, batch_size)
+            for batch, results in outcomes:
+                map_dir.store.begin()
+                store_annotated(store, annotator, batch, results, report)
+                map_dir.store.commit()
                 bar.update(len(batch))
         bar.close()
     report.seconds = time.perf_counter() - start
     return report
 
 
-def _annotate_batch(
-    map_dir: MapDirectory,
+def _local_stage(
+    annotator: ImageAnnotator, pool: ThreadPoolExecutor, jobs: Sequence[Job], batch_size: int
+) -> Iterator[tuple[Sequence[Job], Sequence[Annotated]]]:
+    """Reads a batch in worker threads, annotates what could be read."""
+    for s in range(0, len(jobs), batch_size):
+        batch = jobs[s : s + batch_size]
+        loaded = list(pool.map(load_image, [path for _, path in batch]))
+        images = [lo.image for lo in loaded if lo.image is not None]
+        results = annotator.annotate(images) if images else []
+        if len(results) != len(images):
+            raise RuntimeError(
+                f"annotator {annotator.name} returned {len(results)} results for "
+                f"{len(images)} images"
+            )
+        found = iter(results)
+        outcomes = []
+        for lo in loaded:
+            if lo.image is None:
+                outcomes.append(Annotated(error=lo.error or "unreadable"))
+            else:
+                outcomes.append(Annotated(items=next(found)))
+        yield batch, outcomes
+
+
+def store_annotated(
     store: EvidenceStore,
-    annotator: ImageAnnotator,
-    pool: ThreadPoolExecutor,
-    batch: Sequence[tuple[int, Path]],
+    annotator: ImageAnnotator | tuple[str, str],
+    batch: Sequence[Job],
+    results: Sequence[Annotated],
     report: AnnotateReport,
 ) -> None:
-    """Reads, annotates and commits one batch (with its done-records)."""
-    loaded = list(pool.map(load_image, [path for _, path in batch]))
-    ok = [(i, path, lo.image) for (i, path), lo in zip(batch, loaded, strict=True) if lo.image]
-    report.unreadable += [
-        (str(path), lo.error or "unreadable")
-        for (_, path), lo in zip(batch, loaded, strict=True)
-        if lo.image is None
-    ]
-    results = annotator.annotate([img for _, _, img in ok]) if ok else []
-    if len(results) != len(ok):
-        raise RuntimeError(
-            f"annotator {annotator.name} returned {len(results)} results for {len(ok)} images"
-        )
+    """Stores one batch's evidence (with its done-records) in the open transaction and
+    reports what could not be read or annotated; those stay to do."""
+    name, version = (
+        annotator if isinstance(annotator, tuple) else (annotator.name, annotator.version)
+    )
+    pairs = list(zip(batch, results, strict=True))
+    report.unreadable += [(str(path), r.error) for (_, path), r in pairs if r.error is not None]
     done = []
-    for (i, path, _), items in zip(ok, results, strict=True):
-        if items is None:
+    for (i, path), result in pairs:
+        if result.error is not None:
+            continue
+        if result.items is None:
             report.unreadable.append((str(path), "the annotator failed on it"))
         else:
-            done.append((i, items))
-    map_dir.store.begin()
-    report.items += store.put(annotator.name, annotator.version, done)
-    map_dir.store.commit()
+            done.append((i, result.items))
+    report.items += store.put(name, version, done)
     report.annotated += len(done)

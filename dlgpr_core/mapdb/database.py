@@ -21,9 +21,14 @@ import numpy as np
 
 from dlgpr_core.data.records import DatasetScan, SkippedItem
 from dlgpr_core.encoders.base import Encoder
-from dlgpr_core.mapdb.annotating import AnnotateReport, ImageAnnotator, annotate_map
+from dlgpr_core.mapdb.annotating import (
+    AnnotateReport,
+    AnnotateStage,
+    ImageAnnotator,
+    annotate_map,
+)
 from dlgpr_core.mapdb.approximate import ApproxIndexes
-from dlgpr_core.mapdb.builder import Builder
+from dlgpr_core.mapdb.builder import Builder, RemoteStage, Stored
 from dlgpr_core.mapdb.choice import IndexChoice, IndexSetting
 from dlgpr_core.mapdb.directory import MAP_FILE, FineShape, MapDirectory
 from dlgpr_core.mapdb.errors import MapError
@@ -165,6 +170,8 @@ class MapDatabase:
         workers: int = 4,
         checkpoint_seconds: float = 30.0,
         source_kind: str | None = None,
+        remote: RemoteStage | None = None,
+        stored: Stored | None = None,
     ) -> BuildReport:
         """Encode and store every new image of ``scan``; resumable and incremental.
 
@@ -175,6 +182,10 @@ class MapDatabase:
         from their source's root; a data set that moved needs `relocate` before that.
         Progress is committed every ``checkpoint_seconds`` and when the build raises,
         so an interrupted build loses at most the batch in flight.
+
+        ``remote`` loads and encodes elsewhere (Ray workers: `dlgpr_core.mapdb.distributed`)
+        under the same rules; ``stored`` is told each stored batch's row ids inside the
+        open transaction (see `dlgpr_core.mapdb.builder`).
         """
         self._map.check_encoder(encoder)
         if batch_size <= 0:
@@ -186,10 +197,10 @@ class MapDatabase:
             self._approx.forget()
             report = BuildReport(skipped=list(scan.skipped))
             builder = Builder(
-                self.writer, encoder, report, batch_size, progress, workers, source_kind
+                self.writer, encoder, report, batch_size, progress, workers, source_kind, stored
             )
             try:
-                builder.run(scan, checkpoint_seconds)
+                builder.run(scan, checkpoint_seconds, remote)
             except BaseException:
                 self.writer.checkpoint_or_rollback(report.skipped)
                 raise
@@ -216,9 +227,11 @@ class MapDatabase:
         progress: bool = True,
         workers: int = 4,
         redo: bool = False,
+        stage: AnnotateStage | None = None,
     ) -> AnnotateReport:
         """Derive evidence from every image `annotator` has not done yet (at its version);
-        resumable and incremental, see `dlgpr_core.mapdb.annotating`."""
+        resumable and incremental, see `dlgpr_core.mapdb.annotating` (``stage``: read and
+        annotate elsewhere)."""
         if batch_size <= 0:
             raise MapError("batch_size must be positive")
         return annotate_map(
@@ -228,6 +241,7 @@ class MapDatabase:
             progress=progress,
             workers=workers,
             redo=redo,
+            stage=stage,
         )
 
     def put_evidence(

@@ -62,8 +62,9 @@ class BuildTarget(Protocol):
 
     def store_batch(
         self, rows: Sequence[BatchRow], vectors: np.ndarray, fine: np.ndarray | None = None
-    ) -> None:
-        """Store one batch all-or-nothing: rows, their fine features, their vectors."""
+    ) -> list[int]:
+        """Store one batch all-or-nothing: rows, their fine features, their vectors;
+        returns the rows' ids in order."""
         ...
 
     def checkpoint(self, skipped: Sequence[SkippedItem] = ()) -> None:

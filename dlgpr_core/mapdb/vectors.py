@@ -82,8 +82,9 @@ class MapVectors:
 
     def store_batch(
         self, rows: Sequence[BatchRow], vectors: np.ndarray, fine: np.ndarray | None = None
-    ) -> None:
-        """Insert rows (or reuse ``id`` for re-encoded ones) and add their vectors.
+    ) -> list[int]:
+        """Insert rows (or reuse ``id`` for re-encoded ones) and add their vectors; returns
+        the rows' ids in order.
 
         A savepoint makes the batch all-or-nothing in SQLite; the FAISS add comes last,
         so a failure before it leaves nothing to undo in the index. Nothing commits until
@@ -115,6 +116,7 @@ class MapVectors:
         store.release("batch")
         self._uncommitted.extend(ids)
         self._index_dirty = True
+        return ids
 
     def checkpoint(self, skipped: Sequence[SkippedItem] = ()) -> None:
         """Index to disk first, then commit: the ordering the module docstring relies on.

@@ -50,8 +50,8 @@ class MapWriter(BuildTarget):
 
     def store_batch(
         self, rows: Sequence[BatchRow], vectors: np.ndarray, fine: np.ndarray | None = None
-    ) -> None:
-        self.vectors.store_batch(rows, vectors, fine)
+    ) -> list[int]:
+        return self.vectors.store_batch(rows, vectors, fine)
 
     def checkpoint(self, skipped: Sequence[SkippedItem] = ()) -> None:
         self.vectors.checkpoint(skipped)
