@@ -251,7 +251,13 @@ def main() -> None:
         "cores one thread answers a single query faster than two waiting for each other.",
     )
     parser.add_argument("--out", type=Path, help="Write OUT.json and OUT.md.")
+    parser.add_argument(
+        "--render", type=Path, help="Only re-write the Markdown of this JSON (no measuring)."
+    )
     args = parser.parse_args()
+    if args.render:
+        args.render.with_suffix(".md").write_text(markdown(json.loads(args.render.read_text())))
+        return
     sizes = [int(s) for s in args.sizes.split(",")]
     kinds = [k for k in args.kinds.split(",") if k]
     faiss = faiss_module()

@@ -89,10 +89,10 @@ def map_build(
                         workers, gpus_per_worker)  # fmt: skip
     else:
         report = db.build(scan, enc, batch_size=batch_size, progress=True, source_kind=kind)
-        console.print(report.render())
+        console.print(report.render(), markup=False)
         if evidence != "none":
             _annotate(db, enc, evidence, batch_size=16, redo=False)
-    console.print(db.info().render())
+    console.print(db.info().render(), markup=False)
 
 
 def _build_with_ray(
@@ -132,7 +132,7 @@ def _build_with_ray(
         batch_size=batch_size,
         source_kind=kind,
     )
-    console.print(report.render())
+    console.print(report.render(), markup=False)
 
 
 def worker_annotator(spec: str, encoder: Encoder) -> ImageAnnotator:
@@ -147,7 +147,7 @@ def _annotate(db: MapDatabase, enc: Encoder, spec: str, batch_size: int, redo: b
 
     with console.status(f"loading annotator {spec} ..."):
         annotator = make_annotator(spec, encoder=enc)
-    console.print(db.annotate(annotator, batch_size=batch_size, redo=redo).render())
+    console.print(db.annotate(annotator, batch_size=batch_size, redo=redo).render(), markup=False)
 
 
 @app.command("evidence")
@@ -168,13 +168,13 @@ def map_evidence(
     incremental; a new annotator version redoes all): what the robot knows of its map."""
     db, enc = map_and_encoder(map_dir, encoder, None)
     _annotate(db, enc, annotator, batch_size, redo)
-    console.print(db.info().render())
+    console.print(db.info().render(), markup=False)
 
 
 @app.command("info")
 def map_info(map_dir: MapOption) -> None:
     """What a map holds: places, images, skipped inputs, encoder, index sizes, evidence."""
-    console.print(open_map(map_dir).info().render())
+    console.print(open_map(map_dir).info().render(), markup=False)
 
 
 def _check_index_setting(kind: str) -> None:
@@ -205,8 +205,8 @@ def map_index(
     db = open_map(map_dir)
     chosen = db.set_search_index(kind, build=False)  # type: ignore[arg-type]
     if chosen.kind in APPROX_KINDS:
-        console.print(db.build_approximate(chosen.kind).render())
-    console.print(chosen.render())
+        console.print(db.build_approximate(chosen.kind).render(), markup=False)
+    console.print(chosen.render(), markup=False)
 
 
 @app.command("relocate")
