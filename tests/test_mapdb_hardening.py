@@ -264,3 +264,20 @@ def test_approximate_index_files_that_are_not_what_the_map_recorded_are_refused(
         MapDatabase.open(directory)
     with pytest.raises(ValueError, match="its metric is 1, not inner product"):
         ExactIndex.load(directory / "embeddings.faiss", 32)
+
+
+def test_annotation_never_reads_outside_a_stored_image_root(built_map: Path) -> None:
+    """Stored paths are data from the map file: a tampered one that leaves its data set
+    root is refused, not read (it used to be opened as an image)."""
+    from test_mapdb_ray import ColourAnnotator
+
+    with sqlite3.connect(built_map / "map.sqlite") as conn:
+        conn.execute("UPDATE images SET path = '../../../../etc/hostname' WHERE id = 2")
+    conn.close()
+    with MapDatabase.open(built_map) as db:
+        report = db.annotate(ColourAnnotator(), progress=False)
+    assert report.annotated == 11  # 15 images: 1 refused, 3 yellow ones the fixture fails on
+    escaped = [(s, r) for s, r in report.unreadable if r != "the annotator failed on it"]
+    assert len(report.unreadable) == 4 and len(escaped) == 1
+    assert escaped[0][0].endswith("/../../../../etc/hostname")
+    assert escaped[0][1] == "path escapes dataset root"

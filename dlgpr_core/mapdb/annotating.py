@@ -19,6 +19,7 @@ from typing import Protocol
 from PIL import Image
 from tqdm import tqdm
 
+from dlgpr_core.data.paths import ESCAPES_ROOT, resolve_inside
 from dlgpr_core.mapdb.directory import MapDirectory
 from dlgpr_core.mapdb.evidence import EvidenceItem, EvidenceStore
 from dlgpr_core.mapdb.loading import load_image
@@ -107,9 +108,15 @@ def annotate_map(
         todo = store.todo(annotator.name, annotator.version)
         report.already_done = len(map_dir.store.image_ids()) - len(todo)
         rows = map_dir.store.rows_by_ids(todo)
-        jobs = [(i, Path(rows[i].root) / rows[i].path) for i in todo]
+        jobs: list[Job] = []
+        for i in todo:  # a stored path is data from the map file: kept inside its root
+            path = resolve_inside(Path(rows[i].root), rows[i].path)
+            if path is None:
+                report.unreadable.append((f"{rows[i].root}/{rows[i].path}", ESCAPES_ROOT))
+            else:
+                jobs.append((i, path))
         bar = tqdm(
-            total=len(todo), desc=f"evidence {annotator.name}", unit="img", disable=not progress
+            total=len(jobs), desc=f"evidence {annotator.name}", unit="img", disable=not progress
         )
         with ThreadPoolExecutor(max_workers=workers) as pool:
             if stage is None:
