@@ -44,7 +44,11 @@ def parse_override(item: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as err:
         reason = getattr(err, "problem", None) or str(err)
-        raise ConfigError(f"override {item!r}: the value is not valid YAML ({reason})") from err
+        raise ConfigError(
+            f"override {item[:200]!r}: the value is not valid YAML ({reason})"
+        ) from err
+    except RecursionError:  # PyYAML parses nesting recursively
+        raise ConfigError(f"override {item[:60]!r}...: the value nests too deeply") from None
     return key.strip(), value
 
 

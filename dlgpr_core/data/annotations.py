@@ -210,8 +210,14 @@ def read_annotations(path: Path | str) -> list[PlaceAnnotation]:
     """
     path = Path(path)
     places: list[PlaceAnnotation] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(
+                    f"{path}:{lineno}: not UTF-8 ({err.reason} at byte {err.start} of the line)"
+                ) from None
             if not line.strip():
                 continue
             try:

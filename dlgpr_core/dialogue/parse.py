@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import cache
+from functools import lru_cache
 
 from dlgpr_core.dialogue.lexicon import ROBOT_LEXICON, Lexicon
 from dlgpr_core.dialogue.questions import (
@@ -89,7 +89,7 @@ class _LexiconKey:
         return isinstance(other, _LexiconKey) and other.lexicon is self.lexicon
 
 
-@cache
+@lru_cache(maxsize=16384)  # bounded: every distinct utterance a robot hears passes here
 def _parse(text: str, key: _LexiconKey) -> Parsed | None:
     lx = key.lexicon
     t = " ".join(text.lower().replace("’", "'").split())

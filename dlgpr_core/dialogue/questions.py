@@ -89,11 +89,12 @@ def plural(category: str) -> str:
 
 
 def _number(value: str) -> str:
-    return COUNT_WORDS.get(int(value), value) if value.isdigit() else value
+    # isdecimal, not isdigit: "²" is a digit that int() refuses
+    return COUNT_WORDS.get(int(value), value) if value.isdecimal() else value
 
 
 def _floors(value: str) -> str:
-    return FLOOR_WORDS.get(int(value), f"{value}-storey") if value.isdigit() else value
+    return FLOOR_WORDS.get(int(value), f"{value}-storey") if value.isdecimal() else value
 
 
 def _phrasings(category: str, attribute: str, value: str) -> tuple[str, str]:

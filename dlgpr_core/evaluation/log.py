@@ -16,12 +16,17 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 
 @dataclass(frozen=True)
 class DialogueRecord:
     """One finished dialogue as logged (one JSONL line)."""
+
+    __pydantic_config__: ClassVar[ConfigDict] = ConfigDict(extra="forbid")
+    """Reading a line checks every field's type (`DialogueLog.read`); unknown keys too."""
 
     city: str
     questioner: str
@@ -56,6 +61,9 @@ class DialogueRecord:
         return (self.city, self.questioner, self.update, self.evidence, self.user, self.dialogue_id)
 
 
+_RECORD = TypeAdapter(DialogueRecord)
+
+
 class DialogueLog:
     """Append-only JSONL of `DialogueRecord`s; a torn last line (crash) is ignored."""
 
@@ -63,17 +71,21 @@ class DialogueLog:
         self.path = path
 
     def read(self) -> list[DialogueRecord]:
-        """Every complete record in the file."""
+        """Every complete, well-typed record in the file. Any other line (torn by a crash,
+        edited, nested past any parser's limit) is skipped: that dialogue simply runs
+        again, rather than a wrong-typed record crashing the summary far from here."""
         if not self.path.exists():
             return []
         out = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
             if not line.strip():
                 continue
             try:
-                out.append(DialogueRecord(**json.loads(line)))
-            except (json.JSONDecodeError, TypeError):
-                continue  # an interrupted write; that dialogue simply runs again
+                record = _RECORD.validate_json(line, strict=True)
+            except ValidationError:
+                continue
+            if record.ranks:
+                out.append(record)
         return out
 
     def append(self, record: DialogueRecord) -> None:
