@@ -72,15 +72,20 @@ class SoakUser(UserSide):
         self.outcomes: deque[Outcome] = deque(maxlen=keep_outcomes)
         self.tally: Counter[str] = Counter()
         """Outcomes by status, and "questions" (questions received), "answers" (sent)."""
+        self.reasons: Counter[str] = Counter()
+        """Outcomes other than a localisation, by status and the start of their detail."""
+        self.examples: dict[str, str] = {}
+        """The first whole detail of each of `reasons`."""
 
     # -- starting ----------------------------------------------------------------------------
 
-    def start(self, place_id: str) -> str:
-        """Describes `place_id` (its caption) in a new dialogue; returns the owner key."""
+    def start(self, place_id: str, text: str | None = None) -> str:
+        """Describes `place_id` (its caption, or `text`) in a new dialogue; returns the
+        owner key."""
         owner = f"{place_id}#{next(self._serial)}"
         with self._lock:
             self._started_at[owner] = time.monotonic()
-        self.start_dialogue(owner, self.places[place_id].caption.strip())
+        self.start_dialogue(owner, self.places[place_id].caption.strip() if text is None else text)
         return owner
 
     @property
@@ -139,6 +144,10 @@ class SoakUser(UserSide):
             if started is None:
                 return  # already ended: a repeated final state
             self.tally[status] += 1
+            if status in ("failed", "cancelled", "refused"):
+                reason = f"{status}: {msg.detail.split(' for round')[0][:60]}"
+                self.reasons[reason] += 1
+                self.examples.setdefault(reason, msg.detail)
             self.outcomes.append(
                 Outcome(
                     owner,
