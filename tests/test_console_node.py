@@ -125,3 +125,28 @@ def test_failure_prints_the_detail(printer: tuple[DialoguePrinter, list[str]]) -
     assert "Failed: no candidates from the retrieval node for round 0" in text
     node.on_state(_state(0, ["somewhere [odd] text"], [], done=True))
     assert "".join(out) == text  # a finished dialogue prints nothing more
+
+
+def test_refusals_print_and_memory_stays_bounded(
+    printer: tuple[DialoguePrinter, list[str]],
+) -> None:
+    """A refused description has no dialogue id: each refusal is printed (not remembered as
+    one dialogue "" that is done), and a console running for weeks remembers a bounded
+    number of dialogues."""
+    from dlgpr_ros.console_node import SHOWN_DIALOGUES
+
+    node, out = printer
+    for i in range(2):
+        node.on_state(
+            DialogueState(
+                dialogue_id="",
+                request_id=f"r{i}",
+                status=DialogueState.STATUS_FAILED,
+                done=True,
+                detail=f"refused: too many ({i})",
+            )
+        )
+    assert out == ["Refused: refused: too many (0)\n", "Refused: refused: too many (1)\n"]
+    for i in range(SHOWN_DIALOGUES + 5):
+        node.on_state(DialogueState(dialogue_id=f"dlg-{i}", history=[f"Place {i}."]))
+    assert len(node._shown) == SHOWN_DIALOGUES and "dlg-0" not in node._shown

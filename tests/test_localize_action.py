@@ -189,3 +189,13 @@ def _ids_of(probe: Probe, place: PlaceAnnotation) -> list[str]:
             for did, states in probe.states.items()
             if states and states[0].history and states[0].history[0] == place.caption.strip()
         ]
+
+
+def test_a_refused_description_says_why(person: Person) -> None:
+    """The result of a goal whose description the manager refuses names the problem (too
+    long here; too many live dialogues names max_live_dialogues), not just "refused"."""
+    handle = person.send("x" * 20_000, None)
+    response = person.result(handle, 10)
+    assert response.status == GoalStatus.STATUS_ABORTED
+    assert response.result.status == DialogueState.STATUS_FAILED
+    assert response.result.detail == "utterance too long: 20000 bytes > 10000"
