@@ -1,13 +1,15 @@
 """Which index a map searches: chosen by its size unless the user forced a kind.
 
-The rule and its thresholds come from `benchmarks/bench_search.py` (2 shared CPU cores,
-the default encoder's 256 dimensions; tables in docs/results/search_scale.md and the
-README's "City scale"): exact search is exact and needs no extra memory, and up to
-`EXACT_MAX` vectors it answers within `EXACT_MAX_MS` per query, well inside a dialogue
-round. Above it HNSW answers two orders of magnitude faster at recall@10 >= 0.95, for a
-graph of ~300 bytes a vector on top of the vectors. Above `HNSW_MAX` the graph and its
-own copy of the vectors no longer fit beside the exact vectors on a robot-sized machine
-(16 GB), so IVF-PQ (32-byte codes, exact re-scoring of a shortlist) takes over.
+The rule and its thresholds come from `benchmarks/bench_search.py` (docs/results/
+search_scale.md, the README's "City scale": 2 shared CPU cores, the default encoder's 256
+dimensions, one query at a time). Exact search is exact and costs no memory beyond the
+vectors the map holds anyway; it answered in 0.65 ms at 10k vectors and 49 ms at 100k, but
+218 ms at 1M, past a dialogue round. HNSW answered in 0.11 ms at 100k (recall@10 1.000) and
+0.23 ms at 1M (0.969), and builds in about a minute per 100k vectors (845 s at 1M), little
+next to encoding the images (~70 min per 100k at 24 images/s). It costs 1,304 bytes a vector
+on top of the exact index's 1,032 (it keeps its own copy of the vectors), so above
+`HNSW_MAX` (~9 GB for both) IVF-PQ takes over: 44 bytes a vector, 7.6 ms a query and
+recall@10 0.915 at 1M with exact re-scoring of its shortlist.
 """
 
 from __future__ import annotations
@@ -17,14 +19,12 @@ from typing import Literal
 
 from dlgpr_core.mapdb.index import INDEX_KINDS, IndexKind
 
-EXACT_MAX = 200_000
-"""Largest map searched exactly by default (measured: ~25 ms a query on 2 cores at 200k
-would be the ceiling; 100k took ~11 ms)."""
-EXACT_MAX_MS = 25
+EXACT_MAX = 100_000
+"""Largest map searched exactly by default: 49 ms a query at 100k on 2 busy cores (18 ms
+on quieter ones), linear in size beyond."""
 HNSW_MAX = 4_000_000
-"""Largest map given HNSW by default: at 256 dimensions, vectors (1 GB a million) twice
-(the exact copy and HNSW's own) plus the graph (~0.26 GB a million at M=32) reach ~9 GB
-here, the most a 16 GB robot computer should give its map."""
+"""Largest map given HNSW by default: exact vectors plus HNSW take ~2.3 KB a vector, ~9 GB
+at 4M, the most a 16 GB robot computer should give its map."""
 
 IndexSetting = IndexKind | Literal["auto"]
 SETTINGS: tuple[str, ...] = ("auto", *INDEX_KINDS)

@@ -83,10 +83,10 @@ SINGLE_QUERY_THREADS = int(os.environ.get("DLGPR_SEARCH_THREADS", "1"))
 """FAISS threads for a search of a few queries (what a robot asks): one by default.
 
 FAISS splits even one query's exact search over all cores; on shared cores the threads
-then wait for each other at every step: `benchmarks/bench_search.py` measured 0.43 ms with
-one thread against 60 ms with two at 10k vectors, 18 against 60 ms at 100k (2 shared
-cores, load ~10). Set ``DLGPR_SEARCH_THREADS`` to use more on dedicated cores. Batches
-(evaluation, recall measurement) keep FAISS's threads."""
+then wait for each other at every step: `benchmarks/bench_search.py` measured one thread
+against two at 0.65 vs 60 ms (10k vectors), 49 vs 170 ms (100k) and 218 vs 615 ms (1M) on
+2 shared cores (load ~11). Set ``DLGPR_SEARCH_THREADS`` to use more on dedicated cores.
+Batches (evaluation, recall measurement) keep FAISS's threads."""
 FEW_QUERIES = 8
 
 
