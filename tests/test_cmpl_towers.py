@@ -413,3 +413,23 @@ def _stored_fine(db: MapDatabase, image_id: int) -> np.ndarray:
         ).fetchone()[0]
     assert db.fine_shape is not None
     return np.frombuffer(blob, dtype=np.float16).reshape(db.fine_shape)
+
+
+def test_asset_export_in_float16_and_short_name(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dlgpr_core.encoders import factory
+    from dlgpr_core.retriever.towers.model import export_asset, load_tower_cmpl
+
+    asset = export_asset(trained / "best", tmp_path / "dlgpr_cmpl")
+    full, half = (d / "model.safetensors" for d in (trained / "best", asset))
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    a, b = load_tower_cmpl(trained / "best"), load_tower_cmpl(asset)
+    assert all(v.dtype == torch.float32 for v in b.state_dict().values())
+    assert all(torch.allclose(a.state_dict()[k], v, atol=1e-2) for k, v in b.state_dict().items())
+    monkeypatch.setattr(factory, "CMPL_ASSET", asset)
+    enc = create_encoder("dlgpr-cmpl")
+    assert isinstance(enc, TowerCMPLEncoder) and enc.fine_shape == (3, 2, 16)
+    monkeypatch.setattr(factory, "CMPL_ASSET", tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match=r"asset .* is missing"):
+        create_encoder("dlgpr-cmpl")

@@ -44,6 +44,9 @@ class TowerCMPLConfig(CMPLConfig):
     fine_heads: int = Field(default=4, ge=1)
     n_queries: int = Field(default=8, ge=1)
     sdm_tau: float = Field(default=0.07, gt=0)
+    # Add a learned encoding of each cell's position to the image tokens: a CNN cell barely
+    # knows where it is, and descriptions say "on the left", "at the right end".
+    image_positions: bool = True
 
     @model_validator(mode="after")
     def _towers_only(self) -> TowerCMPLConfig:

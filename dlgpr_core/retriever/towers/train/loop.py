@@ -37,7 +37,7 @@ from ...train.rng import seed_everything
 from ...train.schedule import aux_loss_weight, lr_factor
 from ..cache import SegmentStore
 from ..extract import TowerExtractor
-from ..model import TowerCMPL, save_tower_cmpl
+from ..model import TowerCMPL, export_asset, save_tower_cmpl
 from .checkpoint import TowerTrainState, load_checkpoint, resume_dir, save_checkpoint
 from .data import CityData, FeatureBatch, load_city, make_batch, tower_dims
 from .params import TowerTrainConfig
@@ -278,4 +278,7 @@ def _train(
     if (out_dir / "best" / "model.safetensors").exists():
         result.best_checkpoint = out_dir / "best"
         result.best_score = state.best_score
+        if config.write_asset is not None and info.is_main:
+            export_asset(result.best_checkpoint, config.write_asset)
+            log.info("wrote the asset %s from %s", config.write_asset, result.best_checkpoint)
     return result

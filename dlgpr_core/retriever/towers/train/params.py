@@ -77,6 +77,9 @@ class TowerTrainConfig(BaseModel):
     resume: bool = True  # continue from out_dir/last when it exists
     val_every: int | None = Field(default=None, ge=1)  # None: after every epoch
     val_rerank_top: int = Field(default=50, ge=0)
+    # After the run, write best/ there as the shipped asset (float16 weights), e.g.
+    # write_asset=dlgpr_core/assets/dlgpr_cmpl; a finished run resumes to just this.
+    write_asset: Path | None = None
 
     @field_validator("model", mode="before")
     @classmethod
