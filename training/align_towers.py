@@ -24,6 +24,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from dlgpr_core.data.text_augment import TextAugmentConfig
 from dlgpr_core.encoders.align import TEXT_KINDS, AlignConfig, load_places, run_alignment
 from dlgpr_core.encoders.evaluate import text_to_place_recall
 from dlgpr_core.encoders.factory import DEFAULT_CHECKPOINT, DEFAULT_CONFIG
@@ -50,6 +51,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=",".join(AlignConfig.text_kinds),
         help=f"positives, comma separated, of {TEXT_KINDS}",
     )
+    ap.add_argument(
+        "--augment",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N text-augmentation variants per place (dlgpr_core.data.text_augment: partial, "
+        "shuffled and dropped descriptions, answers, negations, dialogues) as the "
+        "'augmented' text kind, added to --text-kinds; 0 = off",
+    )
+    ap.add_argument("--augment-seed", type=int, default=0)
     ap.add_argument("--max-places", type=int, default=None)
     ap.add_argument(
         "--eval-city",
@@ -66,6 +77,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.eval_city is None:  # argparse's append would add to a non-empty default
         args.eval_city = [VALIDATION_CITY]
     return args
+
+
+def text_kinds(args: argparse.Namespace) -> tuple[str, ...]:
+    kinds = [k for k in args.text_kinds.split(",") if k]
+    if args.augment and "augmented" not in kinds:
+        kinds.append("augmented")
+    return tuple(kinds)
 
 
 def evaluate(
@@ -99,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             lr=args.lr,
             seed=args.seed,
-            text_kinds=tuple(k for k in args.text_kinds.split(",") if k),
+            text_kinds=text_kinds(args),
+            augment=TextAugmentConfig(variants_per_place=args.augment) if args.augment else None,
+            augment_seed=args.augment_seed,
             max_places=args.max_places,
             device=args.device,
         )

@@ -25,6 +25,13 @@ def retriever_eval(
             "'open_clip:<model>:<tag or path>' (the plain CLIP baseline)."
         ),
     ],
+    heads: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Retrained dlgpr-lite heads (align_towers.py --out), repeatable: each adds "
+            "the encoder 'dlgpr-lite+<file>' (the same towers with these heads)."
+        ),
+    ] = None,
     variants: Annotated[
         str, typer.Option(help="Query variants: generator, rephrased, rephrased+asr, caption.")
     ] = "generator,rephrased,rephrased+asr,caption",
@@ -43,6 +50,8 @@ def retriever_eval(
     from dlgpr_core.retriever.static_eval import static_eval
 
     encoders = {spec: load_encoder(spec) for spec in split(encoder)}
+    for path in heads or []:
+        encoders[f"dlgpr-lite+{path}"] = load_encoder("dlgpr-lite", path)
     table = static_eval(
         encoders,
         data,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -25,13 +26,17 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from dlgpr_core.data.text_augment import TextAugmentConfig, TextAugmenter
+
 from .checkpoints import save_trained
 from .evaluate import place_recall_from_embeddings
 from .open_clip_encoder import OpenClipEncoder
 
 log = logging.getLogger(__name__)
 
-TEXT_KINDS = ("description", "caption", "facts")
+TEXT_KINDS = ("description", "caption", "facts", "augmented")
+"""Text kinds of a place; "augmented" are `data.text_augment` variants (with an augment
+config): partial, shuffled and dropped descriptions, answers, negations, dialogues."""
 
 
 @dataclass
@@ -53,6 +58,10 @@ class AlignConfig:
     held-out description recall (R@10 0.42 vs 0.49 at 40 epochs), so they are off by default."""
     cache_dir: Path | None = None
     """Where frozen tower features are cached; None = <data_root>/.feature_cache."""
+    augment: TextAugmentConfig | None = None
+    """With it, each place also gets its `text_augment` variants as the "augmented" kind
+    (add "augmented" to `text_kinds` to train on them)."""
+    augment_seed: int = 0
     max_places: int | None = None
     device: str | None = None
     log_every: int = 1
@@ -67,17 +76,28 @@ class PlaceTexts:
     texts: dict[str, list[str]] = field(default_factory=dict)
 
 
-def load_places(data_root: Path, city: str, max_places: int | None = None) -> list[PlaceTexts]:
+def load_places(
+    data_root: Path,
+    city: str,
+    max_places: int | None = None,
+    augment: TextAugmentConfig | None = None,
+    augment_seed: int = 0,
+) -> list[PlaceTexts]:
     from dlgpr_core.data.annotations import read_annotations, view_image_path
 
+    anns = read_annotations(data_root / "Annotations" / f"{city}.jsonl")[:max_places]
+    augmenter = TextAugmenter.from_places(anns, augment) if augment is not None else None
     places = []
-    for ann in read_annotations(data_root / "Annotations" / f"{city}.jsonl")[:max_places]:
+    for ann in anns:
         facts = list(dict.fromkeys(f.mention for f in ann.facts))
+        texts = {"description": [ann.description], "caption": [ann.caption], "facts": facts}
+        if augmenter is not None:
+            texts["augmented"] = [v.text for v in augmenter.variants(ann, augment_seed)]
         places.append(
             PlaceTexts(
                 place_id=f"{ann.city}:{ann.place_id}",
                 images=[view_image_path(data_root, v) for v in ann.views],
-                texts={"description": [ann.description], "caption": [ann.caption], "facts": facts},
+                texts=texts,
             )
         )
     return places
@@ -134,7 +154,13 @@ def _cached(
         )
         cache.parent.mkdir(parents=True, exist_ok=True)
         names = sorted(store)
-        np.savez(cache, keys=np.array(names), feats=np.stack([store[k] for k in names]))
+        # Written beside the cache and renamed over it: a crash never leaves half a file.
+        tmp = cache.with_name(f"{cache.stem}.tmp-{os.getpid()}.npz")
+        try:
+            np.savez(tmp, keys=np.array(names), feats=np.stack([store[k] for k in names]))
+            tmp.replace(cache)
+        finally:
+            tmp.unlink(missing_ok=True)
     return np.stack([store[k] for k in keys]).astype(np.float32)
 
 
@@ -373,7 +399,12 @@ def run_alignment(cfg: AlignConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     feats = merge(
         [
-            city_features(enc, load_places(cfg.data_root, c, cfg.max_places), cache_dir, c)
+            city_features(
+                enc,
+                load_places(cfg.data_root, c, cfg.max_places, cfg.augment, cfg.augment_seed),
+                cache_dir,
+                c,
+            )
             for c in cfg.cities
         ]
     )
