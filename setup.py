@@ -13,7 +13,14 @@ setup(
     description="Dialogue place recognition: localise a robot from what a person says.",
     python_requires=">=3.10",
     packages=find_packages(include=["dlgpr_core", "dlgpr_core.*"]),
-    package_data={"dlgpr_core": ["assets/*.json", "assets/*.safetensors"]},
+    package_data={
+        "dlgpr_core": [
+            "assets/*.json",
+            "assets/*.safetensors",
+            "assets/*/*.json",
+            "assets/*/*.safetensors",
+        ]
+    },
     install_requires=[
         "numpy>=1.26",
         "pillow>=10.1",

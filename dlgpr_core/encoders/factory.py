@@ -2,6 +2,8 @@
 
 Forms accepted by `create_encoder`:
 - ``"dlgpr-lite"``: the embedded default (package towers + the shipped trained heads);
+- ``"dlgpr-cmpl"``: CMPL on the same frozen towers (the shipped asset
+  ``assets/dlgpr_cmpl``: heads and fine branch only), i.e. ``cmpl:<that directory>``;
 - ``"open_clip:<model>:<pretrained tag or checkpoint path>"``: any open_clip model;
 - ``"<kind>:<argument>"`` for every kind registered in the ``dlgpr.encoders`` entry-point
   group; this package registers ``cmpl:<checkpoint directory>``, a trained CMPL retriever
@@ -36,6 +38,9 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_NAME = "dlgpr-lite"
 DEFAULT_CONFIG = ASSETS / "dlgpr_lite.json"
 DEFAULT_CHECKPOINT = ASSETS / "dlgpr_lite_heads.safetensors"
+CMPL_NAME = "dlgpr-cmpl"
+CMPL_ASSET = ASSETS / "dlgpr_cmpl"
+"""The shipped CMPL-on-the-towers checkpoint (a `cmpl:` directory), loaded by that kind."""
 OPEN_CLIP_PREFIX = "open_clip:"
 ENTRY_POINT_GROUP = "dlgpr.encoders"
 
@@ -105,6 +110,13 @@ def create_encoder(
         return OpenClipEncoder.from_config(
             DEFAULT_CONFIG, checkpoint=checkpoint or DEFAULT_CHECKPOINT, device=device
         )
+    if spec == CMPL_NAME:
+        if not (CMPL_ASSET / "cmpl_config.json").is_file():
+            raise FileNotFoundError(
+                f"{CMPL_NAME}: its asset {CMPL_ASSET} is missing; reinstall the package or "
+                "train it (README, 'CMPL on the pretrained towers')"
+            )
+        return create_encoder(f"cmpl:{CMPL_ASSET}", checkpoint=checkpoint, device=device)
     if spec.startswith(OPEN_CLIP_PREFIX):
         # Split only twice: a checkpoint path may itself contain ':' (e.g. Windows drives).
         parts = spec[len(OPEN_CLIP_PREFIX) :].split(":", 1)
@@ -122,7 +134,7 @@ def create_encoder(
         return OpenClipEncoder.from_config(path, checkpoint=checkpoint, device=device)
     registered = "".join(f", '{k}:<...>'" for k in registered_kinds())
     raise ValueError(
-        f"unknown encoder {spec!r}: use {DEFAULT_NAME!r}, "
+        f"unknown encoder {spec!r}: use {DEFAULT_NAME!r}, {CMPL_NAME!r}, "
         f"'{OPEN_CLIP_PREFIX}<model>:<pretrained tag or path>'{registered} "
         f"or a JSON model config path (more kinds register through the {ENTRY_POINT_GROUP!r} "
         "entry-point group; reinstall the package, pip install -e ., if a kind it ships "
