@@ -145,7 +145,7 @@ def test_a_flood_of_descriptions_is_capped_and_refused_clearly(city: Any) -> Non
     """Descriptions nobody answers, far beyond the cap: at most max_live_dialogues run, the
     rest get a FAILED state naming the cap, every accepted one reaches its question and
     then ends on the answer time-out. Nothing is left running."""
-    overrides = load_overrides(city[0], max_live_dialogues=20, answer_timeout=2.0)
+    overrides = load_overrides(city[0], max_live_dialogues=20, answer_timeout=2.0, max_resends=20)
     with bringup(None, overrides, "typed", print_dialogue=False, namespace="flood") as graph:
         flood = add_user(graph, city[1], "flood_user", answer=False)
         dm = graph.node("dialogue_manager")
