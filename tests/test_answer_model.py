@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dlgpr_core.dialogue.answer_model import AnswerModel
 from dlgpr_core.dialogue.answers import described
+from dlgpr_core.dialogue.evidence_table import EvidenceTable
 from dlgpr_core.dialogue.questioners import InfoGainQuestioner
-from dlgpr_core.dialogue.questions import attribute_question, presence_question
+from dlgpr_core.dialogue.questions import Question, attribute_question, presence_question
 from dlgpr_core.evidence.knowledge import EvidenceSource, PlaceEvidence
 from dlgpr_core.evidence.slots import values
 
 BANK = PlaceEvidence(
     presence={"bank": 0.8}, values={("bank", "colour"): {"red": 0.6, "brown": 0.3}}
 )
-MODEL = AnswerModel(unknown={}, default_unknown=0.1, floor=0.02, max_values=6)
+MODEL = AnswerModel(unknown={}, default_unknown=0.1, floor=0.02)
 
 
 def test_outcome_distribution_by_hand() -> None:
@@ -37,10 +41,14 @@ def test_outcome_distribution_by_hand() -> None:
     assert out[("unknown",)] == pytest.approx(0.08)
     assert out[("yes",)] == pytest.approx(known * 0.6)
     assert out[("no", "brown")] == pytest.approx(known * 0.3)
-    # brown and 5 of the 7 others are kept apart (max_values 6), 2 are lumped together
-    assert sum(1 for k in out if k[0] == "no" and len(k) == 2) == 6
-    assert out[("no",)] == pytest.approx(known * 2 * rest)
+    # a "no" names what the facade is instead: brown and each of the 7 others apart
+    others = [k for k in out if k[0] == "no"]
+    assert len(others) == 8
+    assert all(out[k] == pytest.approx(known * rest) for k in others if k != ("no", "brown"))
     assert sum(out.values()) == pytest.approx(1.0)
+    # the open question has the same outcomes, named as values
+    open_out = MODEL.outcomes(BANK, attribute_question("bank", "colour"))
+    assert sorted(open_out.values()) == pytest.approx(sorted(out.values()))
     assert MODEL.outcomes(None, presence_question("bank")) == {("unknown",): 1.0}
 
 
@@ -62,6 +70,33 @@ def test_likelihoods_by_hand() -> None:
     assert MODEL.likelihood(BANK, presence, ("present",)) == pytest.approx(floored(0.8))
     assert MODEL.likelihood(BANK, presence, ("unknown",)) == pytest.approx(1.0)
     assert MODEL.likelihood(None, presence, ("present",)) is None
+
+
+def test_columns_agree_with_the_outcomes() -> None:
+    """The array form the questioner plans with gives `outcomes`' numbers, place by place."""
+    table = EvidenceTable(EvidenceSource(lambda ids: {}), MODEL)
+    rows = [table.row(BANK), table.row(None), table.row(PlaceEvidence({"cafe": 0.4}, {}))]
+    presence = np.stack([r[0] for r in rows])
+    vals = np.stack([r[1] for r in rows])
+    known = np.array([r[2] for r in rows])
+    layout = table.layout
+    col = layout.category_column("bank")
+    assert col is not None
+    pres = MODEL.presence_columns(presence[:, col], known)
+    assert pres[0] == pytest.approx([0.8, 0.2, 0.0])
+    assert pres[1] == pytest.approx([0.0, 0.0, 1.0])  # no evidence: one certain outcome
+    i = next(i for i, (c, a, _) in enumerate(layout.pairs) if (c, a) == ("bank", "colour"))
+    c, a, names = layout.pairs[i]
+    block = vals[:, layout.offsets[i] : layout.offsets[i] + len(names)]
+    cols = MODEL.attribute_columns(presence[:, col], block, a, known)
+    for row, ev in ((0, BANK), (2, PlaceEvidence({"cafe": 0.4}, {}))):
+        expect = MODEL.outcomes(ev, attribute_question(c, a))
+        assert cols[row, 0] == pytest.approx(expect[("absent",)])
+        assert cols[row, 1] == pytest.approx(expect[("unknown",)])
+        for j, v in enumerate(names):
+            assert cols[row, 2 + j] == pytest.approx(expect.get(("value", v), 0.0))
+    assert cols[1] == pytest.approx([0.0, 1.0] + [0.0] * len(names))
+    assert cols.sum(axis=1) == pytest.approx(1.0)
 
 
 def test_expected_entropy_by_hand() -> None:
@@ -89,3 +124,55 @@ def test_descriptions_are_read_as_observations() -> None:
         ("attribute", "cafe", "awning", "green", ("yes",)),
     }
     assert described("") == []
+
+
+def _reference_expected_entropy(
+    model: AnswerModel, q: Question, evs: list[PlaceEvidence | None], belief: list[float]
+) -> float:
+    """The textbook sum over answers of P(a) H(belief | a), one place and answer at a time
+    from `AnswerModel.outcomes` (what the questioner's arrays must reproduce)."""
+    joint: dict[tuple[str, ...], list[float]] = {}
+    for i, (ev, b) in enumerate(zip(evs, belief, strict=True)):
+        for outcome, p in model.outcomes(ev, q).items():
+            joint.setdefault(outcome, [0.0] * len(evs))[i] += b * p
+    total = sum(belief)
+    out = 0.0
+    for g in joint.values():
+        mass = sum(g)
+        if mass > 0:
+            out += mass / total * -sum(x / mass * math.log(x / mass) for x in g if x > 0)
+    return out
+
+
+_COLOURS = list(values("bank", "colour"))
+
+
+@st.composite
+def _place(draw: st.DrawFn) -> PlaceEvidence | None:
+    if draw(st.booleans()) and draw(st.booleans()):
+        return None  # a place the annotator left no evidence for
+    p = draw(st.floats(0.0, 1.0))
+    shown = draw(st.lists(st.sampled_from(_COLOURS), max_size=4, unique=True))
+    weights = [draw(st.floats(0.01, 1.0)) for _ in shown]
+    total = sum(weights) / draw(st.floats(0.3, 1.0))  # annotators may list < 100%
+    dist = {c: w / total for c, w in zip(shown, weights, strict=True)}
+    return PlaceEvidence({"bank": p}, {("bank", "colour"): dist} if dist else {})
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    places=st.lists(_place(), min_size=1, max_size=6),
+    raw=st.lists(st.floats(0.01, 1.0), min_size=6, max_size=6),
+)
+def test_vectorised_information_gain_equals_the_reference(
+    places: list[PlaceEvidence | None], raw: list[float]
+) -> None:
+    belief = raw[: len(places)]
+    ig = InfoGainQuestioner(EvidenceSource(lambda ids: {}), answer_model=MODEL)
+    for q in (
+        presence_question("bank"),
+        attribute_question("bank", "colour"),
+        attribute_question("bank", "colour", "red"),
+    ):
+        expect = _reference_expected_entropy(MODEL, q, places, belief)
+        assert ig.expected_entropy(q, places, belief) == pytest.approx(expect, abs=1e-9)

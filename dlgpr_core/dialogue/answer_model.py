@@ -16,7 +16,10 @@ being able to tell that attribute:
     P(yes) = p_c * (1 - u) * q(v)
     P(no, v') = p_c * (1 - u) * q(v')      (a person saying no names what it is instead)
 
-A presence question is present with p_c, absent otherwise. Likelihoods are floored
+A yes/no question has the same outcomes as the open one (a "no" names the value instead), so
+both carry the same information. A presence question is present with p_c, absent otherwise.
+`presence_columns` and `attribute_columns` give the same numbers for many places at once as
+arrays (the questioner plans over hundreds of candidates). Likelihoods are floored
 (`floor`): annotators and people both err, and one wrong answer must not rule the true
 place out for ever.
 """
@@ -25,6 +28,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from dlgpr_core.dialogue.answers import Outcome
 from dlgpr_core.dialogue.questions import Question
@@ -44,13 +49,11 @@ class AnswerModel:
     unknown: Mapping[str, float] = field(default_factory=lambda: dict(UNKNOWN_RATES))
     default_unknown: float = 0.03
     floor: float = 0.02
-    max_values: int = 6
-    """"No, it is X" outcomes kept apart per yes/no question; the rest are lumped."""
 
     def u(self, attribute: str) -> float:
         return self.unknown.get(attribute, self.default_unknown)
 
-    def _values(self, ev: PlaceEvidence, q: Question) -> dict[str, float]:
+    def value_distribution(self, ev: PlaceEvidence, q: Question) -> dict[str, float]:
         """P(value | category) over the slot's values, filling what the annotator left out
         uniformly with the remaining mass."""
         attr = q.attribute or ""
@@ -76,26 +79,38 @@ class AnswerModel:
         u = self.u(q.attribute or "")
         out: dict[Outcome, float] = {("absent",): 1.0 - p, ("unknown",): p * u}
         known = p * (1.0 - u)
-        dist = self._values(ev, q)
+        dist = self.value_distribution(ev, q)
         if not dist:
             out[("unknown",)] += known
             return out
-        ranked = sorted(dist.items(), key=lambda kv: -kv[1])
         if q.value is not None:
             out[("yes",)] = known * dist.get(q.value, 0.0)
-            others = [(v, x) for v, x in ranked if v != q.value]
-            for v, x in others[: self.max_values]:
-                out[("no", v)] = known * x
-            lumped = sum(x for _, x in others[self.max_values :])
-            if lumped > 0:
-                out[("no",)] = known * lumped
+            for v, x in dist.items():
+                if v != q.value:
+                    out[("no", v)] = known * x
         else:
-            for v, x in ranked[: self.max_values]:
+            for v, x in dist.items():
                 out[("value", v)] = known * x
-            lumped = sum(x for _, x in ranked[self.max_values :])
-            if lumped > 0:
-                out[("value",)] = known * lumped
         return out
+
+    def presence_columns(self, p: np.ndarray, known: np.ndarray) -> np.ndarray:
+        """(n, 3): P(present), P(absent) and, for a place without evidence, the one certain
+        uninformative outcome, per place: `outcomes` of a presence question, many at once."""
+        k = known.astype(np.float64)
+        return np.stack([p * k, (1.0 - p) * k, 1.0 - k], axis=1)
+
+    def attribute_columns(
+        self, p: np.ndarray, values: np.ndarray, attribute: str, known: np.ndarray
+    ) -> np.ndarray:
+        """(n, 2 + V): P(absent), P(unknown) (a place without evidence: 1) and P(value j)
+        per place, for an attribute question over V values whose P(value | visible) rows
+        are `values` (n, V): `outcomes` of the open (or any yes/no) question, many at once."""
+        k = known.astype(np.float64)
+        u = self.u(attribute)
+        absent = (1.0 - p) * k
+        unknown = p * u * k + (1.0 - k)
+        stated = (p * (1.0 - u) * k)[:, None] * values
+        return np.concatenate([absent[:, None], unknown[:, None], stated], axis=1)
 
     def likelihood(self, ev: PlaceEvidence | None, q: Question, observed: Outcome) -> float | None:
         """P(observed answer | this place), floored; None when the place has no evidence
@@ -116,7 +131,7 @@ class AnswerModel:
         u = self.u(q.attribute or "")
         if tag == "unknown":
             return p * u
-        dist = self._values(ev, q)
+        dist = self.value_distribution(ev, q)
         if not dist:
             return p * (1.0 - u)
         if tag == "yes":

@@ -27,7 +27,9 @@ class QuestionerOptions:
 
     evidence: EvidenceSource = field(default_factory=lambda: EvidenceSource(lambda _ids: {}))
     """What the map's images show about each place (`EvidenceSource.of_map`)."""
-    top_k: int = 10
+    top_k: int | None = None
+    """Candidates a questioner reasons about (None: its own default; info-gain: every
+    candidate the dialogue's belief covers)."""
     seed: int = 0
     search: Callable[[str, int], list[PlaceHit]] | None = None
     """PlugIR retrieves with its candidate questions' predicted answers."""
@@ -46,7 +48,7 @@ def _info_gain(o: QuestionerOptions) -> Questioner:
 
 
 def _random(o: QuestionerOptions) -> Questioner:
-    return RandomQuestioner(o.evidence, seed=o.seed, top_k=o.top_k)
+    return RandomQuestioner(o.evidence, seed=o.seed, top_k=o.top_k or 10)
 
 
 def _vlm(o: QuestionerOptions, adapter: str | None) -> Questioner:
@@ -99,7 +101,7 @@ def make_questioner(
     name: str,
     *,
     evidence: EvidenceSource | None = None,
-    top_k: int = 10,
+    top_k: int | None = None,
     seed: int = 0,
     search: Callable[[str, int], list[PlaceHit]] | None = None,
     model: str | None = None,

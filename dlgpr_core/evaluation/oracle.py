@@ -123,7 +123,7 @@ class OracleQuestioner:
         self,
         evidence: EvidenceSource,
         targets: Mapping[str, PlaceAnnotation],
-        top_k: int = 10,
+        top_k: int | None = None,
         answer_model: AnswerModel | None = None,
     ) -> None:
         self.evidence = evidence
@@ -152,7 +152,7 @@ class OracleQuestioner:
             raise KeyError(f"the oracle questioner does not know the target of {state.dialogue_id}")
         tid = namespaced_place_id(target.city, target.place_id)
         user = FactUser(target)
-        ids = [h.place_id for h in state.candidates[: self.top_k]]
+        ids = [h.place_id for h in state.candidates[: self.top_k or len(state.candidates)]]
         if tid not in ids:
             ids.append(tid)
         belief = list(state.belief[: len(ids)]) + [min(state.belief, default=1.0)] * (
