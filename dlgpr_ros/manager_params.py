@@ -19,9 +19,9 @@ from dlgpr_core.dialogue.state import DialogueConfig
 PARAMETERS: tuple[tuple[str, Any, str], ...] = (
     ("max_rounds", 5, "Questions at most per dialogue."),
     ("confidence", 0.9, "Top-1 belief that stops a dialogue early (0: never)."),
-    ("top_k", 10, "Candidates kept in the belief."),
+    ("top_k", 50, "Candidates kept in the belief (and planned over by the questioner)."),
     ("search_k", 200, "Places requested per round (the answers re-rank them)."),
-    ("temperature", 0.05, "Softmax temperature of the belief (the dialogue's only one)."),
+    ("temperature", 0.2, "Softmax temperature of the belief (the dialogue's only one)."),
     ("request_timeout", 5.0, "Seconds to wait for candidates or a question before re-sending."),
     ("max_resends", 3, "Re-sends per step before the dialogue fails."),
     (

@@ -42,8 +42,9 @@ def map_evidence(map_path: str, annotator: str) -> tuple[MapDatabase, EvidenceSo
 
 
 def build_questioner(name: str, evidence: EvidenceSource, top_k: int, seed: int) -> Questioner:
-    """The named questioner over what the map's images show (never ground truth)."""
-    return make_questioner(name, evidence=evidence, top_k=top_k, seed=seed)
+    """The named questioner over what the map's images show (never ground truth); top_k 0:
+    every candidate the dialogue's belief covers."""
+    return make_questioner(name, evidence=evidence, top_k=top_k or None, seed=seed)
 
 
 class QuestionerNode(Node):
@@ -66,7 +67,12 @@ class QuestionerNode(Node):
             "evidence", "learned", desc(description="Annotator whose map evidence is used.")
         )
         self.declare_parameter(
-            "top_k", 10, desc(description="Candidates the questioner reasons about.")
+            "top_k",
+            0,
+            desc(
+                description="Candidates the questioner reasons about (0: every candidate "
+                "of the dialogue's belief)."
+            ),
         )
         self.declare_parameter("seed", 0, desc(description="Seed of the random questioner."))
         self.counters: Counter[str] = Counter()

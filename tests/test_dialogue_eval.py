@@ -244,7 +244,7 @@ def test_resume_refuses_a_log_run_with_other_settings(
         (replace(settings, max_rounds=2), "rounds 3 (logged) vs 2 (now)"),
         (replace(settings, confidence=0.5), "confidence unset (logged) vs 0.5 (now)"),
         (replace(settings, seed=4), "seed 3 (logged) vs 4 (now)"),
-        (replace(settings, top_k=5), "top_k 10 (logged) vs 5 (now)"),
+        (replace(settings, top_k=5), f"top_k {settings.top_k} (logged) vs 5 (now)"),
     ):
         with pytest.raises(SettingsMismatchError, match="other settings") as e:
             _run(places, by_id, log, "random", "evidence", changed)

@@ -24,6 +24,7 @@ from dataclasses import replace
 from dlgpr_core.dialogue.answer_model import AnswerModel
 from dlgpr_core.dialogue.answers import Outcome, described, probe_of, read_answer
 from dlgpr_core.dialogue.questions import Question
+from dlgpr_core.dialogue.state import DEFAULT_TEMPERATURE
 from dlgpr_core.evidence.knowledge import EvidenceSource
 from dlgpr_core.mapdb.report import PlaceHit
 
@@ -47,7 +48,7 @@ class EvidenceUpdate:
     def __init__(
         self,
         evidence: EvidenceSource,
-        temperature: float = 0.05,
+        temperature: float = DEFAULT_TEMPERATURE,
         answer_model: AnswerModel | None = None,
         use_description: bool = True,
     ) -> None:

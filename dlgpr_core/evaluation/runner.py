@@ -24,7 +24,7 @@ from dlgpr_core.dialogue.evidence_update import EvidenceUpdate
 from dlgpr_core.dialogue.questioner import Questioner
 from dlgpr_core.dialogue.questions import Question
 from dlgpr_core.dialogue.registry import QUESTIONERS, SEEDED, make_questioner
-from dlgpr_core.dialogue.state import DialogueConfig, DialogueState
+from dlgpr_core.dialogue.state import DEFAULT_TEMPERATURE, DialogueConfig, DialogueState
 from dlgpr_core.evaluation.log import DialogueLog, DialogueRecord, check_settings
 from dlgpr_core.evaluation.oracle import ORACLE, OracleQuestioner, write_oracle_evidence
 from dlgpr_core.evaluation.summary import TableRow, plot_recall, summarise_records, write_table
@@ -120,9 +120,9 @@ class EvalSettings:
 
     n: int | None = 100
     max_rounds: int = 5
-    top_k: int = 10
+    top_k: int = DialogueConfig.top_k
     confidence: float | None = 0.9
-    temperature: float = 0.05
+    temperature: float = DEFAULT_TEMPERATURE
     seed: int = 0
     batch_size: int = 1
     """Dialogues run in lockstep, their questions asked in one batched call per round
