@@ -16,6 +16,7 @@ import typer
 from dlgpr_core.cli import map_commands, retriever_commands
 from dlgpr_core.cli.common import err_console
 from dlgpr_core.cli.eval_command import dialogue_eval
+from dlgpr_core.cli.search_eval_command import search_eval
 from dlgpr_core.cli.synth_command import synth
 
 PLUGIN_GROUP = "dlgpr.commands"
@@ -29,6 +30,7 @@ app = typer.Typer(
 )
 app.command()(synth)
 app.add_typer(map_commands.app, name="map")
+retriever_commands.app.command("search-eval")(search_eval)
 app.add_typer(retriever_commands.app, name="retriever")
 app.command("eval")(dialogue_eval)
 
