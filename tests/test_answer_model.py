@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from dlgpr_core.dialogue.answer_model import AnswerModel
 from dlgpr_core.dialogue.answers import described
 from dlgpr_core.dialogue.evidence_table import EvidenceTable
+from dlgpr_core.dialogue.evidence_update import EvidenceUpdate
 from dlgpr_core.dialogue.questioners import InfoGainQuestioner
 from dlgpr_core.dialogue.questions import Question, attribute_question, presence_question
 from dlgpr_core.evidence.knowledge import EvidenceSource, PlaceEvidence
@@ -176,3 +177,44 @@ def test_vectorised_information_gain_equals_the_reference(
     ):
         expect = _reference_expected_entropy(MODEL, q, places, belief)
         assert ig.expected_entropy(q, places, belief) == pytest.approx(expect, abs=1e-9)
+
+
+_OUTCOMES = [
+    (presence_question("bank"), ("present",)),
+    (presence_question("bank"), ("absent",)),
+    (presence_question("bank"), ("unknown",)),
+    (attribute_question("bank", "colour"), ("value", "red")),
+    (attribute_question("bank", "colour"), ("value", "red", "brown")),
+    (attribute_question("bank", "colour"), ("value",)),
+    (attribute_question("bank", "colour"), ("unknown",)),
+    (attribute_question("bank", "colour"), ("absent",)),
+    (attribute_question("bank", "colour", "red"), ("yes",)),
+    (attribute_question("bank", "colour", "red"), ("no",)),
+    (attribute_question("bank", "colour", "red"), ("no", "white")),
+]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    places=st.lists(_place(), min_size=1, max_size=6),
+    seen=st.lists(st.sampled_from(_OUTCOMES), min_size=1, max_size=4),
+)
+def test_vectorised_update_equals_the_reference(
+    places: list[PlaceEvidence | None], seen: list[tuple[Question, tuple[str, ...]]]
+) -> None:
+    """The answer update's arrays give, place by place, the sum of ln `likelihood`, with a
+    place without evidence at the median of the others (neither helped nor hurt)."""
+    ids = [f"p{i}" for i in range(len(places))]
+    by_id = dict(zip(ids, places, strict=True))
+    source = EvidenceSource(lambda want: {})
+    source.get_many = lambda want: [by_id[i] for i in want]  # type: ignore[method-assign,assignment]
+    update = EvidenceUpdate(source, answer_model=MODEL)
+    got = update.log_likelihoods(ids, seen)
+    expect = [0.0] * len(ids)
+    for q, outcome in seen:
+        ls = [MODEL.likelihood(ev, q, outcome) for ev in places]
+        known = sorted(x for x in ls if x is not None)
+        neutral = float(np.median(known)) if known else 1.0
+        for i, x in enumerate(ls):
+            expect[i] += math.log(x if x is not None else neutral)
+    assert got == pytest.approx(expect, abs=1e-9)

@@ -112,6 +112,49 @@ class AnswerModel:
         stated = (p * (1.0 - u) * k)[:, None] * values
         return np.concatenate([absent[:, None], unknown[:, None], stated], axis=1)
 
+    def likelihoods(
+        self,
+        p: np.ndarray,
+        values: np.ndarray | None,
+        names: tuple[str, ...],
+        q: Question,
+        observed: Outcome,
+    ) -> np.ndarray:
+        """`likelihood` for many places with evidence at once: `p` (n,) P(category visible)
+        (1 for the street), `values` (n, V) P(value | visible) over `names` (None when the
+        slot has no values). Floored like `likelihood`."""
+        tag, named = observed[0], observed[1:]
+        ones = np.ones_like(p)
+        if tag == "present":
+            raw = p
+        elif tag == "absent":
+            raw = 1.0 - p
+        elif q.kind == "presence":
+            raw = ones
+        else:
+            u = self.u(q.attribute or "")
+            if tag == "unknown":
+                raw = p * u
+            elif values is None or values.shape[1] == 0:
+                raw = p * (1.0 - u)
+            else:
+                column = {v: j for j, v in enumerate(names)}
+
+                def of(value: str) -> np.ndarray:
+                    j = column.get(value)
+                    return values[:, j] if j is not None else np.zeros_like(p)
+
+                if tag == "yes":
+                    q_v = of(q.value or "")
+                elif named:
+                    q_v = np.max(np.stack([of(v) for v in named]), axis=0)
+                elif tag == "no":
+                    q_v = 1.0 - of(q.value or "")
+                else:  # a value was stated but not read: only "it is there" is learnt
+                    q_v = ones
+                raw = p * (1.0 - u) * q_v
+        return self.floor + (1.0 - self.floor) * raw
+
     def likelihood(self, ev: PlaceEvidence | None, q: Question, observed: Outcome) -> float | None:
         """P(observed answer | this place), floored; None when the place has no evidence
         (the caller decides what an unknown place is worth)."""

@@ -57,15 +57,28 @@ class Layout:
     def category_column(self, category: str) -> int | None:
         return _category_columns(self).get(category)
 
+    def block(self, category: str, attribute: str) -> tuple[int, tuple[str, ...]] | None:
+        """(first column, value names) of an attribute's values block; None if unknown."""
+        return _blocks(self).get((category, attribute))
+
 
 @cache
 def _category_columns(layout: Layout) -> dict[str, int]:
     return {c: i for i, c in enumerate(layout.categories)}
 
 
+@cache
+def _blocks(layout: Layout) -> dict[tuple[str, str], tuple[int, tuple[str, ...]]]:
+    return {
+        (c, a): (off, vals) for (c, a, vals), off in zip(layout.pairs, layout.offsets, strict=True)
+    }
+
+
 @dataclass(frozen=True)
 class Rows:
     """The evidence of some places, one row each, in the order asked for."""
+
+    layout: Layout
 
     presence: np.ndarray
     """(n, categories) P(visible)."""
@@ -73,6 +86,21 @@ class Rows:
     """(n, layout.width) P(value | visible), each pair's block summing to 1."""
     known: np.ndarray
     """(n,) bool: the place has evidence at all (without, every answer is uninformative)."""
+
+    def visible(self, category: str) -> np.ndarray:
+        """(n,) P(category visible) per place; the street is always there."""
+        if category == STREET:
+            return np.ones(len(self.known))
+        col = self.layout.category_column(category)
+        return self.presence[:, col] if col is not None else np.zeros(len(self.known))
+
+    def block(self, category: str, attribute: str) -> tuple[np.ndarray, tuple[str, ...]] | None:
+        """(n, V) P(value | visible) of one attribute and the value names; None if unknown."""
+        found = self.layout.block(category, attribute)
+        if found is None:
+            return None
+        off, names = found
+        return self.values[:, off : off + len(names)], names
 
 
 class EvidenceTable:
@@ -125,9 +153,13 @@ class EvidenceTable:
         n, lay = len(got), self.layout
         if n == 0:
             return Rows(
-                np.zeros((0, len(lay.categories))), np.zeros((0, lay.width)), np.zeros(0, bool)
+                lay,
+                np.zeros((0, len(lay.categories))),
+                np.zeros((0, lay.width)),
+                np.zeros(0, bool),
             )
         return Rows(
+            lay,
             np.stack([g[0] for g in got]),
             np.stack([g[1] for g in got]),
             np.fromiter((g[2] for g in got), dtype=bool, count=n),

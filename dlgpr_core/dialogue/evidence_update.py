@@ -16,13 +16,14 @@ at round 0.
 
 from __future__ import annotations
 
-import math
-import statistics
 from collections.abc import Sequence
 from dataclasses import replace
 
+import numpy as np
+
 from dlgpr_core.dialogue.answer_model import AnswerModel
 from dlgpr_core.dialogue.answers import Outcome, described, probe_of, read_answer
+from dlgpr_core.dialogue.evidence_table import EvidenceTable
 from dlgpr_core.dialogue.questions import Question
 from dlgpr_core.dialogue.state import DEFAULT_TEMPERATURE
 from dlgpr_core.evidence.knowledge import EvidenceSource
@@ -56,20 +57,23 @@ class EvidenceUpdate:
         self.temperature = temperature
         self.model = answer_model or AnswerModel()
         self.use_description = use_description
+        self.table = EvidenceTable(evidence, self.model)
 
     def log_likelihoods(
         self, place_ids: Sequence[str], seen: Sequence[tuple[Question, Outcome]]
     ) -> list[float]:
-        """ln P(all the answers | place), per place."""
-        evidence = self.evidence.get_many(place_ids)
-        total = [0.0] * len(place_ids)
+        """ln P(all the answers | place), per place (over the dense evidence table, so a
+        few hundred places cost about a millisecond per answer)."""
+        rows = self.table.rows(place_ids)
+        total = np.zeros(len(place_ids))
         for probe, outcome in seen:
-            ls = [self.model.likelihood(ev, probe, outcome) for ev in evidence]
-            known = [x for x in ls if x is not None]
-            neutral = statistics.median(known) if known else 1.0
-            for i, x in enumerate(ls):
-                total[i] += math.log(x if x is not None else neutral)
-        return total
+            found = rows.block(probe.category, probe.attribute or "")
+            values, names = found if found is not None else (None, ())
+            ls = self.model.likelihoods(rows.visible(probe.category), values, names, probe, outcome)
+            known = ls[rows.known]
+            neutral = float(np.median(known)) if known.size else 1.0
+            total += np.log(np.where(rows.known, ls, neutral))
+        return [float(x) for x in total]
 
     def __call__(
         self,

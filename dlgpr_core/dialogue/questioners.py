@@ -126,21 +126,13 @@ class InfoGainQuestioner:
 
     def _columns(self, q: Question, rows: Rows) -> np.ndarray:
         """P(outcome | place) of probe `q` for every row (places x outcomes)."""
-        lay = self.table.layout
+        p = rows.visible(q.category)
         if q.kind == "presence":
-            col = lay.category_column(q.category)
-            p = rows.presence[:, col] if col is not None else np.zeros(len(rows.known))
             return self.model.presence_columns(p, rows.known)
-        if q.category == STREET:
-            p = np.ones(len(rows.known))
-        else:
-            col = lay.category_column(q.category)
-            p = rows.presence[:, col] if col is not None else np.zeros(len(rows.known))
-        for (c, a, vals), off in zip(lay.pairs, lay.offsets, strict=True):
-            if c == q.category and a == q.attribute:
-                block = rows.values[:, off : off + len(vals)]
-                return self.model.attribute_columns(p, block, a, rows.known)
-        return np.ones((len(rows.known), 1))  # a probe outside the ontology tells nothing
+        found = rows.block(q.category, q.attribute or "")
+        if found is None:
+            return np.ones((len(rows.known), 1))  # a probe outside the ontology tells nothing
+        return self.model.attribute_columns(p, found[0], q.attribute or "", rows.known)
 
     def expected_entropy(
         self,
@@ -152,6 +144,7 @@ class InfoGainQuestioner:
         (the questioner's objective for places given directly, e.g. in a test)."""
         rows = [self.table.row(ev) for ev in evidence]
         table = Rows(
+            self.table.layout,
             np.stack([r[0] for r in rows]),
             np.stack([r[1] for r in rows]),
             np.array([r[2] for r in rows], dtype=bool),
@@ -199,8 +192,8 @@ class InfoGainQuestioner:
         if q.kind != "attribute" or q.value is not None:
             return q
         cols = self._columns(q, rows)[:, 2:]
-        lay = self.table.layout
-        vals = next(v for c, a, v in lay.pairs if c == q.category and a == q.attribute)
+        found = self.table.layout.block(q.category, q.attribute or "")
+        vals = found[1] if found is not None else ()
         asked = {x.key for x in state.questions}
         for j in np.argsort(-(belief[:, None] * cols).sum(axis=0), kind="stable"):
             yes_no = attribute_question(q.category, q.attribute or "", vals[int(j)])
