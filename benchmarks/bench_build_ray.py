@@ -6,8 +6,12 @@ into its own map:
 
     dlgpr map build CITY --map local                                 # one process
     dlgpr map build CITY --map ray --ray local --workers 2           # Ray Data, 2 workers
+    OMP_NUM_THREADS=1 dlgpr map build CITY --map local1              # one process, 1 thread
 
-both with the default encoder (dlgpr-lite) and the default evidence annotator (learned).
+all with the default encoder (dlgpr-lite) and the default evidence annotator (learned). The
+third is the one process on one thread, as each Ray worker runs: on busy shared cores two
+intra-op threads lose time waiting for each other, which the two single-threaded workers
+do not, so it tells what the second process adds from what threading loses.
 Reports the wall time of each command (Ray's includes starting the cluster and loading the
 encoder and annotator on each worker), the speed-up, and whether the two maps are the same:
 image ids and rows, vectors (largest difference), evidence (phrases, largest confidence
@@ -22,6 +26,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -39,15 +44,33 @@ from dlgpr_core.mapdb.index import EXACT_FILE, ExactIndex
 DLGPR = shutil.which("dlgpr") or "dlgpr"
 
 
-def run(args: list[str], log: Path) -> float:
+def run(args: list[str], log: Path, **env_vars: str) -> float:
     """Seconds the command took; its output goes to ``log``, a failure stops the benchmark."""
     start = time.perf_counter()
     with log.open("w") as out:
-        proc = subprocess.run([DLGPR, *args], stdout=out, stderr=subprocess.STDOUT, check=False)
+        env = {**os.environ, "COLUMNS": "400", **env_vars}  # lines unwrapped, for `phases`
+        proc = subprocess.run(
+            [DLGPR, *args], stdout=out, stderr=subprocess.STDOUT, check=False, env=env
+        )
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"`dlgpr {' '.join(args)}` failed; see {log}:\n{log.read_text()[-3000:]}")
     return seconds
+
+
+def phases(log: Path) -> dict[str, float]:
+    """Seconds of the encode and evidence phases, from the command's own report lines."""
+    text = log.read_text()
+    found: dict[str, float] = {}
+    for key, pattern in (
+        ("encode_s", r"added \d+ images, .* in ([\d.]+) s"),
+        ("evidence_s", r"evidence \S+ \(.*\): \d+ images annotated, .* in ([\d.]+) s"),
+        ("ray_total_s", r"built on \d+ Ray workers .* in ([\d.]+) s"),
+    ):
+        match = re.search(pattern, text)
+        if match:
+            found[key] = float(match.group(1))
+    return found
 
 
 def add_bad_inputs(root: Path, city: str) -> None:
@@ -96,28 +119,27 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         if a["vectors"].shape == b["vectors"].shape
         else float("inf")
     )
-    keys_a = [row[:-1] for row in a["evidence"]]
-    keys_b = [row[:-1] for row in b["evidence"]]
-    conf_diff = (
-        max((abs(x[-1] - y[-1]) for x, y in zip(a["evidence"], b["evidence"], strict=True)),
-            default=0.0)
-        if keys_a == keys_b
-        else float("inf")
-    )  # fmt: skip
+    conf_a = {row[:-1]: row[-1] for row in a["evidence"]}
+    conf_b = {row[:-1]: row[-1] for row in b["evidence"]}
+    common = conf_a.keys() & conf_b.keys()
     return {
         "images": len(a["images"]),
         "same_ids_and_rows": same_rows,
         "max_vector_difference": vec_diff,
-        "evidence_items": [len(keys_a), len(keys_b)],
-        "same_evidence_items": keys_a == keys_b,
-        "max_confidence_difference": conf_diff,
+        "evidence_items": [len(conf_a), len(conf_b)],
+        "evidence_items_in_one_only": len(conf_a.keys() ^ conf_b.keys()),
+        "max_confidence_difference": max((abs(conf_a[k] - conf_b[k]) for k in common), default=0.0),
         "refused": [len(a["skipped"]), len(b["skipped"])],
         "same_refusals": a["skipped"] == b["skipped"],
     }
 
 
 def markdown(r: dict[str, Any]) -> str:
-    c = r["comparison"]
+    c, t = r["comparison"], r["comparison_one_thread"]
+
+    def pair(key: str) -> str:
+        return f"{c[key][0]}, {c[key][1]}"
+
     return "\n".join(
         [
             "# Map build: 2 local Ray workers against one process",
@@ -131,24 +153,52 @@ def markdown(r: dict[str, Any]) -> str:
             "|---|---|---:|---:|",
             f"| one process | `{r['local_command']}` | {r['local_s']:.1f} | "
             f"{r['images'] / r['local_s']:.2f} |",
+            f"| one process, one thread | `{r['one_thread_command']}` | {r['one_thread_s']:.1f} "
+            f"| {r['images'] / r['one_thread_s']:.2f} |",
             f"| Ray, 2 local workers | `{r['ray_command']}` | {r['ray_s']:.1f} | "
             f"{r['images'] / r['ray_s']:.2f} |",
             "",
-            f"Speed-up (one process / Ray): **{r['speedup']:.2f}x**.",
+            f"Speed-up (one process / Ray): **{r['speedup']:.2f}x**; against one process on "
+            f"one thread, as each worker runs: **{r['speedup_vs_one_thread']:.2f}x**.",
             "",
-            "| the two maps | |",
-            "|---|---|",
-            f"| images stored | {c['images']} |",
-            f"| same ids, paths, hashes, places | {c['same_ids_and_rows']} |",
-            f"| largest vector difference | {c['max_vector_difference']:.2e} |",
-            f"| evidence items (local, Ray) | {c['evidence_items'][0]}, {c['evidence_items'][1]} |",
-            f"| same evidence items | {c['same_evidence_items']} |",
-            f"| largest evidence confidence difference | {c['max_confidence_difference']:.2e} |",
-            f"| refused inputs (local, Ray) | {c['refused'][0]}, {c['refused'][1]} |",
-            f"| same refusals and reasons | {c['same_refusals']} |",
+            "Phases, from each command's own report (s): one process encodes "
+            f"{_get(r['local_phases'], 'encode_s')} then annotates "
+            f"{_get(r['local_phases'], 'evidence_s')} (reading every image a second time; on "
+            f"one thread {_get(r['one_thread_phases'], 'encode_s')} and "
+            f"{_get(r['one_thread_phases'], 'evidence_s')}); "
+            f"Ray's build pass (decode + encode + annotate on the workers) takes "
+            f"{_get(r['ray_phases'], 'encode_s')}, the whole Ray build "
+            f"{_get(r['ray_phases'], 'ray_total_s')} (the rest of the wall time: starting "
+            "Python, the cluster, and the encoder and annotator in this process and on "
+            "each worker).",
+            "",
+            "| the maps | one process vs Ray | one process: 2 threads vs 1 |",
+            "|---|---|---|",
+            f"| images stored | {c['images']} | {t['images']} |",
+            f"| same ids, paths, hashes, places | {c['same_ids_and_rows']} | "
+            f"{t['same_ids_and_rows']} |",
+            f"| largest vector difference | {c['max_vector_difference']:.2e} | "
+            f"{t['max_vector_difference']:.2e} |",
+            f"| evidence items | {pair('evidence_items')} | "
+            f"{t['evidence_items'][0]}, {t['evidence_items'][1]} |",
+            f"| evidence items in one map only | {c['evidence_items_in_one_only']} | "
+            f"{t['evidence_items_in_one_only']} |",
+            f"| largest confidence difference (common items) | "
+            f"{c['max_confidence_difference']:.2e} | {t['max_confidence_difference']:.2e} |",
+            f"| refused inputs | {pair('refused')} | {t['refused'][0]}, {t['refused'][1]} |",
+            f"| same refusals and reasons | {c['same_refusals']} | {t['same_refusals']} |",
+            "",
+            "Evidence items in one map only are confidences at the learned annotator's "
+            "decoding thresholds (presence floor, decode rules) that float-level differences "
+            "(batch composition, thread count) move across them; the right-hand column shows "
+            "the same between two local builds that differ only in threads.",
             "",
         ]
     )
+
+
+def _get(found: dict[str, float], key: str) -> str:
+    return f"{found[key]:.1f}" if key in found else "n/a"
 
 
 def main() -> None:
@@ -172,8 +222,17 @@ def main() -> None:
                     "--ray", "local", "--workers", str(args.workers)]  # fmt: skip
         local_s = run(local_args, root / "local.log")
         ray_s = run(ray_args, root / "ray.log")
+        # One process again with one thread, as each Ray worker runs (Ray sets
+        # OMP_NUM_THREADS=1 for a 1-CPU actor): separates what Ray's two processes gain
+        # from what two intra-op threads lose to each other on busy shared cores.
+        one_args = [*local_args[:4], str(root / "local1"), *local_args[5:]]
+        one_s = run(one_args, root / "local1.log", OMP_NUM_THREADS="1")
         print((root / "ray.log").read_text()[-2500:])
-        comparison = compare(contents(root / "local", 256), contents(root / "ray", 256))
+        local_phases, ray_phases = phases(root / "local.log"), phases(root / "ray.log")
+        one_phases = phases(root / "local1.log")
+        local = contents(root / "local", 256)
+        comparison = compare(local, contents(root / "ray", 256))
+        threads_only = compare(local, contents(root / "local1", 256))
 
     def shown(argv: list[str]) -> str:
         return "dlgpr " + " ".join(a.replace(tmp, "$TMP") for a in argv)
@@ -190,7 +249,14 @@ def main() -> None:
         "local_s": round(local_s, 2),
         "ray_s": round(ray_s, 2),
         "speedup": round(local_s / ray_s, 3),
+        "one_thread_command": "OMP_NUM_THREADS=1 " + shown(one_args),
+        "one_thread_s": round(one_s, 2),
+        "speedup_vs_one_thread": round(one_s / ray_s, 3),
+        "one_thread_phases": one_phases,
+        "local_phases": local_phases,
+        "ray_phases": ray_phases,
         "comparison": comparison,
+        "comparison_one_thread": threads_only,
     }
     print(markdown(result))
     if args.out:
