@@ -88,3 +88,50 @@ def test_low_confidence_phrases_are_left_out_and_settings_are_checked(db: MapDat
         LexicalSpec("signs", fusion="max")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="invalid"):
         LexicalSpec("signs", weight=-1)
+
+
+def test_the_first_annotation_turns_the_channel_on_unless_switched_off(tmp_path: Path) -> None:
+    """A built map searches with its evidence words by default (every caller: the robot, the
+    CLI, the evaluation), over the first annotator's evidence; the user's "off" is kept."""
+    from test_evidence_store import ColourAnnotator
+
+    enc = HistogramEncoder()
+    db = MapDatabase.create(tmp_path / "map", enc.fingerprint, enc.dim)
+    db.build(scan_csv(make_dataset(tmp_path / "ds", places=3)), enc, progress=False)
+    assert db.lexical_spec() is None
+    assert db.info().lexical.startswith("off")
+    db.annotate(ColourAnnotator(), batch_size=4, progress=False)
+    assert db.lexical_spec() == LexicalSpec("colour")
+    assert "BM25 over the words of 'colour' evidence" in db.info().render()
+    # a second annotator does not take the channel over
+    db.annotate(ColourAnnotator(version="v2"), batch_size=4, progress=False, redo=True)
+    assert db.lexical_spec() == LexicalSpec("colour")
+    # switched off, it stays off through later annotations
+    db.set_lexical(None)
+    db.annotate(ColourAnnotator(version="v3"), batch_size=4, progress=False)
+    assert db.lexical_spec() is None
+    reopened = MapDatabase.open(tmp_path / "map")
+    assert reopened.lexical_spec() is None
+    assert reopened.info().lexical.startswith("off")
+
+
+def test_map_lexical_command_changes_and_stops_the_channel(db: MapDatabase) -> None:
+    from typer.testing import CliRunner
+
+    from dlgpr_core.cli import app
+
+    where = str(db.directory)
+    runner = CliRunner()
+    refused = runner.invoke(app, ["map", "lexical", "--map", where, "--weight", "0.3"])
+    assert refused.exit_code != 0 and "--annotator" in refused.output
+    done = runner.invoke(app, ["map", "lexical", "--map", where, "--annotator", "signs"])
+    assert done.exit_code == 0, done.output
+    assert "'signs'" in done.output
+    runner.invoke(app, ["map", "lexical", "--map", where, "--weight", "0.3"])
+    assert MapDatabase.open(where).lexical_spec() == LexicalSpec("signs", weight=0.3)
+    bad = runner.invoke(app, ["map", "lexical", "--map", where, "--fusion", "max"])
+    assert isinstance(bad.exception, ValueError) and "fusion" in str(bad.exception)
+    assert MapDatabase.open(where).lexical_spec() == LexicalSpec("signs", weight=0.3)
+    off = runner.invoke(app, ["map", "lexical", "--map", where, "--off"])
+    assert off.exit_code == 0 and "off" in off.output
+    assert MapDatabase.open(where).lexical_spec() is None

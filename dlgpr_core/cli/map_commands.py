@@ -209,6 +209,50 @@ def map_index(
     console.print(chosen.render(), markup=False)
 
 
+@app.command("lexical")
+def map_lexical(
+    map_dir: MapOption,
+    annotator: Annotated[
+        str | None,
+        typer.Option(help="Whose evidence phrases are indexed (default: the recorded one)."),
+    ] = None,
+    weight: Annotated[
+        float | None, typer.Option(min=0.0, help="Cosine units the best BM25 match gains.")
+    ] = None,
+    fusion: Annotated[str | None, typer.Option(help="sum (weighted) or rrf.")] = None,
+    min_confidence: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="Phrases at least this sure.")
+    ] = None,
+    off: Annotated[bool, typer.Option("--off", help="Dense search only, from now on.")] = False,
+) -> None:
+    """The lexical channel of the map's searches: BM25 over its evidence words, fused with
+    the cosine. A map build turns it on over the first annotator's evidence; this changes
+    or stops it for every caller (the robot, `map query`, the evaluation)."""
+    from dataclasses import replace
+
+    from dlgpr_core.mapdb.lexical import LexicalSpec
+
+    db = open_map(map_dir)
+    if off:
+        db.set_lexical(None)
+    else:
+        spec = db.lexical_spec() or (LexicalSpec(annotator) if annotator else None)
+        if spec is None:
+            raise typer.BadParameter("the map has no lexical setting yet: name --annotator")
+        changes = {
+            k: v
+            for k, v in {
+                "annotator": annotator,
+                "weight": weight,
+                "fusion": fusion,
+                "min_confidence": min_confidence,
+            }.items()
+            if v is not None
+        }
+        db.set_lexical(replace(spec, **changes))  # type: ignore[arg-type]
+    console.print(db.info().lexical, markup=False)
+
+
 @app.command("relocate")
 def map_relocate(
     old_root: Annotated[Path, typer.Argument(help="The data set root the map recorded.")],

@@ -234,7 +234,7 @@ class MapDatabase:
         annotate elsewhere)."""
         if batch_size <= 0:
             raise MapError("batch_size must be positive")
-        return annotate_map(
+        report = annotate_map(
             self._map,
             annotator,
             batch_size=batch_size,
@@ -243,6 +243,11 @@ class MapDatabase:
             redo=redo,
             stage=stage,
         )
+        if self._map.store.get_meta("search.lexical") is None and not self.read_only:
+            # The first annotator a map gets feeds its lexical channel (the default search
+            # of every caller), until the user says otherwise with `set_lexical`.
+            self.set_lexical(LexicalSpec(annotator.name))
+        return report
 
     def put_evidence(
         self,
@@ -353,20 +358,21 @@ class MapDatabase:
 
     # -- the lexical channel ------------------------------------------------------------
     def set_lexical(self, spec: LexicalSpec | None) -> None:
-        """Record how text searches of this map use its evidence (None: dense only), so
-        every caller (the CLI, the robot, the evaluation) searches the same way."""
+        """Record how text searches of this map use its evidence (None: dense only, and
+        kept so: a later annotation does not turn it back on), so every caller (the CLI,
+        the robot, the evaluation) searches the same way."""
         self._map.require_writable("record the lexical setting")
         with self._map.lock:
             store = self._map.store
             store.begin()
             store.delete_meta("search.lexical")
-            if spec is not None:
-                store.set_meta("search.lexical", json.dumps(asdict(spec)))
+            store.set_meta("search.lexical", json.dumps(asdict(spec) if spec else None))
             store.commit()
 
     def lexical_spec(self) -> LexicalSpec | None:
         raw = self._map.store.get_meta("search.lexical")
-        return LexicalSpec(**json.loads(raw)) if raw else None
+        recorded = json.loads(raw) if raw else None
+        return LexicalSpec(**recorded) if recorded else None
 
     def _lexical_index(self, spec: LexicalSpec) -> LexicalIndex:
         key = (spec.annotator, spec.min_confidence, self.evidence.generation())
@@ -407,4 +413,10 @@ class MapDatabase:
                 f"`dlgpr map index --kind {choice.setting}` builds it"
             )
         info.read_only = self.read_only
+        spec = self.lexical_spec()
+        info.lexical = (
+            spec.describe()
+            if spec
+            else "off (dense search only; `dlgpr map lexical --annotator NAME` turns it on)"
+        )
         return info

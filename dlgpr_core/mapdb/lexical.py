@@ -36,6 +36,14 @@ class LexicalSpec:
     min_confidence: float = 0.5
     rrf_k: int = 60
 
+    def describe(self) -> str:
+        """One line for a person (`dlgpr map info`)."""
+        how = f"weight {self.weight:g}" if self.fusion == "sum" else f"RRF k {self.rrf_k}"
+        return (
+            f"BM25 over the words of {self.annotator!r} evidence (phrases at confidence >= "
+            f"{self.min_confidence:g}), fused with the cosine ({self.fusion}, {how})"
+        )
+
     def __post_init__(self) -> None:
         if self.weight < 0 or not 0 <= self.min_confidence <= 1 or self.rrf_k < 1:
             raise ValueError(f"invalid lexical search settings {self}")

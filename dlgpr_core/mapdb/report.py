@@ -147,6 +147,8 @@ class MapInfo:
     """The index searches use by default and why (see `dlgpr_core.mapdb.choice`)."""
     read_only: bool = False
     """Opened read-only (a read-only mount or files without write permission)."""
+    lexical: str = ""
+    """How text searches use the evidence's words (see `mapdb.lexical`), or that they don't."""
 
     def render(self) -> str:
         lines = [
@@ -162,6 +164,8 @@ class MapInfo:
         ]
         if self.search_index:
             lines.append(self.search_index)
+        if self.lexical:
+            lines.append(f"lexical:    {self.lexical}")
         sizes = self.bytes_per_embedding.items()
         lines.extend(f"  {kind}: {size:.0f} bytes per image" for kind, size in sizes)
         for src in self.sources:
