@@ -46,7 +46,7 @@ def test_lexical_channel_lifts_the_place_its_words_name(db: MapDatabase) -> None
     query = "a shop with a sign saying Golden Crust"
     dense = db.search(query, enc, k=4)
     assert db.lexical_spec() is None  # dense only until the map is told otherwise
-    spec = LexicalSpec("signs", weight=0.5)
+    spec = LexicalSpec("signs", weight=0.5, fusion="sum")
     fused = db.search(query, enc, k=4, lexical=spec)
     assert fused[0].place_id == "p2"
     by_id = {h.place_id: h.score for h in dense}
@@ -59,10 +59,23 @@ def test_lexical_channel_lifts_the_place_its_words_name(db: MapDatabase) -> None
     ]
 
 
+def test_reciprocal_rank_fusion_keeps_the_dense_score_ladder(db: MapDatabase) -> None:
+    """RRF (the default, chosen on the validation city) re-orders by ranks alone and hands
+    the places the dense scores of their new ranks, so the belief's scale is unchanged."""
+    enc = HistogramEncoder()
+    query = "a shop with a sign saying Golden Crust"
+    dense = db.search(query, enc, k=4)
+    fused = db.search(query, enc, k=4, lexical=LexicalSpec("signs"))
+    assert LexicalSpec("signs").fusion == "rrf"
+    assert fused[0].place_id == "p2"
+    assert [h.score for h in fused] == pytest.approx([h.score for h in dense])
+    assert sorted(h.place_id for h in fused) == sorted(h.place_id for h in dense)
+
+
 def test_the_map_remembers_its_setting_and_new_evidence_counts(db: MapDatabase) -> None:
     enc = HistogramEncoder()
-    db.set_lexical(LexicalSpec("signs", weight=0.5))
-    assert db.lexical_spec() == LexicalSpec("signs", weight=0.5)
+    db.set_lexical(LexicalSpec("signs", weight=0.5, fusion="sum"))
+    assert db.lexical_spec() == LexicalSpec("signs", weight=0.5, fusion="sum")
     assert db.search("Tool Depot", enc, k=1)[0].place_id == "p1"
     # new evidence invalidates the index: p3 now also reads "Tool Depot"
     rows = db.image_rows(list(range(1, 13)))

@@ -79,7 +79,7 @@ def test_evidence_channel_lifts_the_place_the_description_fits(db: MapDatabase) 
 
 def test_lexical_channel_rides_along(db: MapDatabase) -> None:
     enc = HistogramEncoder()
-    spec = LexicalSpec("ann", weight=0.5)
+    spec = LexicalSpec("ann", weight=0.5, fusion="sum")
     search = RobotSearch(db, enc, None, channels=("dense", "lexical"), lexical=spec)
     assert search("fountain", 1)[0].place_id == "p2"
     # without the lexical channel the same words leave the dense order

@@ -15,6 +15,7 @@ from dlgpr_core.cli.common import (
     EncoderOption,
     MapOption,
     console,
+    err_console,
     map_and_encoder,
     open_map,
 )
@@ -296,10 +297,39 @@ def map_query(
             "choice (`dlgpr map info` says which)."
         ),
     ] = None,
+    channels: Annotated[
+        str, typer.Option(help="Search channels (comma-separated): dense, lexical, evidence.")
+    ] = "dense,lexical,evidence",
+    evidence: Annotated[
+        str | None,
+        typer.Option(
+            help="Annotator whose evidence the evidence channel reads (default: the "
+            "lexical channel's, else learned)."
+        ),
+    ] = None,
 ) -> None:
-    """Static retrieval: the top places for a description, with scores and positions."""
+    """Static retrieval: the top places for a description, with scores and positions,
+    through the robot's channels (dense, the lexical channel the map records, and the
+    description read against each place's image evidence)."""
+    from dlgpr_core.dialogue.search import RobotSearch
+    from dlgpr_core.evidence.knowledge import EvidenceSource
+
     db, enc = map_and_encoder(map_dir, encoder, checkpoint)
-    hits = db.search(text, enc, k=k, approximate=approximate)  # type: ignore[arg-type]
+    wanted = [c.strip() for c in channels.split(",") if c.strip()]
+    spec = db.lexical_spec()
+    annotator = evidence or (spec.annotator if spec else "learned")
+    source = None
+    if "evidence" in wanted:
+        if any(run.annotator == annotator for run in db.evidence.runs()):
+            source = EvidenceSource.of_map(db.evidence, annotator)
+        else:
+            wanted.remove("evidence")
+            err_console.print(
+                f"note: the map has no {annotator!r} evidence, so the evidence channel is off "
+                f"(`dlgpr map evidence --map {map_dir} --annotator {annotator}`)"
+            )
+    search = RobotSearch(db, enc, source, channels=wanted, approximate=approximate)
+    hits = search(text, k)
     if as_json:
         sys.stdout.write(json.dumps([h.__dict__ for h in hits], indent=2) + "\n")
     else:

@@ -48,6 +48,7 @@ class RobotSearch:
         lexical: LexicalSpec | None = None,
         temperature: float = DEFAULT_TEMPERATURE,
         pool: int = 1000,
+        approximate: str | None = None,
     ) -> None:
         unknown = [c for c in channels if c not in CHANNELS]
         if unknown or "dense" not in channels:
@@ -59,12 +60,19 @@ class RobotSearch:
         self.channels = tuple(channels)
         self.lexical = lexical if lexical is not None else db.lexical_spec()
         self.pool = pool
+        self.approximate = approximate
         self.update = EvidenceUpdate(evidence, temperature) if evidence is not None else None
 
     def __call__(self, text: str, k: int) -> list[PlaceHit]:
         """The ``k`` best places for ``text``, ranked through every channel."""
         lexical = self.lexical if "lexical" in self.channels else None
-        hits = self.db.search(text, self.encoder, k=max(k, self.pool), lexical=lexical)
+        hits = self.db.search(
+            text,
+            self.encoder,
+            k=max(k, self.pool),
+            lexical=lexical,
+            approximate=self.approximate,  # type: ignore[arg-type]
+        )
         if "evidence" in self.channels and self.update is not None:
             hits = self.update(hits, [], [], description=text)
         return hits[:k]
