@@ -324,6 +324,10 @@ def test_test_city_is_refused_for_selection(data_root: Path) -> None:
         TowerTrainConfig.from_dict(
             {"data_root": str(data_root), "train_cities": ["A"], "val_cities": ["Testburg"]}
         )
+    with pytest.raises(ConfigError, match="one training and one validation city"):
+        TowerTrainConfig.from_dict(
+            {"data_root": str(data_root), "train_cities": ["A", "B"], "val_cities": ["V"]}
+        )
 
 
 @pytest.fixture(scope="module")

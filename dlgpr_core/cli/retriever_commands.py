@@ -19,12 +19,12 @@ def retriever_eval(
     data: Annotated[Path, typer.Option(help="GSV-Cities/SynthCities root with Annotations/.")],
     cities: Annotated[list[str], typer.Option(help="Cities to evaluate (comma-separated).")],
     encoder: Annotated[
-        list[str],
+        list[str] | None,
         typer.Option(
             help="Encoder spec, repeatable: 'cmpl:<checkpoint dir>', 'dlgpr-lite', "
-            "'open_clip:<model>:<tag or path>' (the plain CLIP baseline)."
+            "'dlgpr-cmpl', 'open_clip:<model>:<tag or path>' (the plain CLIP baseline)."
         ),
-    ],
+    ] = None,
     heads: Annotated[
         list[Path] | None,
         typer.Option(
@@ -49,7 +49,9 @@ def retriever_eval(
     """
     from dlgpr_core.retriever.static_eval import static_eval
 
-    encoders = {spec: load_encoder(spec) for spec in split(encoder)}
+    if not encoder and not heads:
+        raise typer.BadParameter("name at least one --encoder (or --heads)", param_hint="--encoder")
+    encoders = {spec: load_encoder(spec) for spec in split(encoder or [])}
     for path in heads or []:
         encoders[f"dlgpr-lite+{path}"] = load_encoder("dlgpr-lite", path)
     table = static_eval(

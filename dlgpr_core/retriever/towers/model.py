@@ -251,4 +251,6 @@ def load_tower_cmpl(directory: str | Path, device: str | torch.device = "cpu") -
 def export_asset(checkpoint: str | Path, asset: str | Path) -> Path:
     """A trained checkpoint as a shipped asset: the same files, weights in float16 (half
     the size; retrieval scores change in the fourth decimal)."""
-    return save_tower_cmpl(load_tower_cmpl(checkpoint), asset, dtype=torch.float16)
+    out = save_tower_cmpl(load_tower_cmpl(checkpoint), asset, dtype=torch.float16)
+    (out / WEIGHTS_FILE).chmod(0o644)  # safetensors writes owner-only; an asset is shared
+    return out

@@ -19,7 +19,9 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from ...data import PlaceBatchSampler
+from dlgpr_core.data.annotations import read_annotations
+
+from ...data import PlaceBatchSampler, _annotation_file
 from ...features import ImageFeatures, TextFeatures
 from ...losses import CMPLLoss
 from ...train.checkpoint import CONFIG_DUMP
@@ -87,22 +89,16 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 def prepare(
     config: TowerTrainConfig, extractor: TowerExtractor, progress: bool
 ) -> tuple[CityData, CityData, SegmentStore]:
-    """Training and validation data, building the caches they lack."""
-    from dlgpr_core.data.annotations import read_annotations
-
-    from ...data import _annotation_file
-
+    """Training and validation data, building the caches they lack. The validation city's
+    augmented queries use the training city's vocabulary and their own seed."""
     cache = config.cache_directory()
     store = SegmentStore(cache, extractor.text_key())
-    train_cities = config.train_cities
-    if len(train_cities) != 1:
-        raise NotImplementedError("the tower trainer reads one training city")
-    train_anns = read_annotations(_annotation_file(config.data_root, train_cities[0]))
+    train_anns = read_annotations(_annotation_file(config.data_root, config.train_cities[0]))
     kw: dict[str, Any] = {"max_places": config.max_places_per_city, "progress": progress}
     train = load_city(
         extractor,
         config.data_root,
-        train_cities[0],
+        config.train_cities[0],
         cache,
         store,
         augment=config.augment,

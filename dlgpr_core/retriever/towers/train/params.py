@@ -99,6 +99,15 @@ class TowerTrainConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _one_city_each(self) -> TowerTrainConfig:
+        if len(self.train_cities) != 1 or len(self.val_cities) != 1:
+            raise ValueError(
+                "the tower trainer reads one training and one validation city, got "
+                f"train_cities={self.train_cities}, val_cities={self.val_cities}"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _held_out_cities_stay_unseen(self) -> TowerTrainConfig:
         refuse_selection_on_test_cities(self.train_cities, self.val_cities, self.test_cities)
         return self
