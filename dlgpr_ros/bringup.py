@@ -1,10 +1,12 @@
 """Pip-only bringup: the launch file's node set, started in one process.
 
 `ros2 launch` is not available from PyPI, so this starts the very nodes that
-`launch/dialogue.launch.py` starts, from the same data (`graph.launch_plan`), in one
-MultiThreadedExecutor. The lifecycle retrieval node is configured and activated here, as
-a lifecycle manager would do in a full install. Each graph gets its own rclpy Context, so
-tests can bring graphs up and down repeatedly in one process.
+`launch/dialogue.launch.py` starts, from the same data (`graph.launch_plan`), each node
+spinning on its own thread and single-threaded executor, as each would in its own process
+(`spin.NodeThreads` says why not one executor for all). The lifecycle retrieval node is
+configured and activated here, as a lifecycle manager would do in a full install. Each
+graph gets its own rclpy Context, so tests can bring graphs up and down repeatedly in one
+process.
 """
 
 from __future__ import annotations
@@ -21,13 +23,13 @@ from typing import TYPE_CHECKING, Any
 import rclpy
 import yaml
 from rclpy.context import Context
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from dlgpr_ros.graph import INPUT_MODES, PlannedNode, launch_plan
-from dlgpr_ros.spin import activate, describe_error, spin_through_errors
+from dlgpr_ros.spin import NodeThreads, activate, describe_error
 
 if TYPE_CHECKING:
     from dlgpr_ros.bag import BagRecorder
@@ -63,20 +65,20 @@ def make_node(planned: PlannedNode, *, namespace: str = "", context: Context | N
 class Graph:
     """A running node set: look nodes up by name, restart them, wait for conditions."""
 
-    def __init__(
-        self, plan: Sequence[PlannedNode], *, namespace: str = "", num_threads: int = 4
-    ) -> None:
+    def __init__(self, plan: Sequence[PlannedNode], *, namespace: str = "") -> None:
         self.plan = {p.name: p for p in plan}
         self.namespace = namespace
         self.context = Context()
         rclpy.init(context=self.context)
-        self.executor = MultiThreadedExecutor(num_threads=num_threads, context=self.context)
+        self._errors_lock = threading.Lock()
+        self.executor = NodeThreads(self.context, self._on_callback_error)
+        """Spins each node on its own thread once the graph spins (`spin`, `spin_in_thread`)."""
         self.nodes: dict[str, Node] = {}
         self.skipped: dict[str, str] = {}
         """Optional nodes that could not be imported, with the reason."""
         self.recorder: BagRecorder | None = None
         self._recorder_node: Node | None = None
-        self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
         self.callback_errors = 0
         """Exceptions raised by callbacks, each logged; the graph spins on (see spin.py)."""
 
@@ -129,16 +131,21 @@ class Graph:
         return self.nodes[name]
 
     def spin_in_thread(self) -> None:
-        self._thread = threading.Thread(target=self.spin, name="dlgpr-bringup", daemon=True)
-        self._thread.start()
+        """Starts spinning every node (each on its own thread) and returns."""
+        self.executor.start()
 
     def spin(self) -> None:
-        """Spins until shutdown, surviving any callback's exception (counted and logged)."""
-        spin_through_errors(self.executor, self._on_callback_error)
+        """Spins until shutdown (`shutdown`, or the context's: Ctrl-C), surviving any
+        callback's exception (counted and logged)."""
+        self.executor.start()
+        while self.context.ok() and not self._stopped.wait(0.2):
+            pass
 
     def _on_callback_error(self, exc: Exception) -> None:
-        self.callback_errors += 1
-        log.error("%s [%d so far]", describe_error(exc), self.callback_errors)
+        with self._errors_lock:
+            self.callback_errors += 1
+            count = self.callback_errors
+        log.error("%s [%d so far]", describe_error(exc), count)
 
     def run_until(self, done: Callable[[], bool], timeout: float = 30.0) -> bool:
         """Waits (the executor spins in its thread) until `done()` or the timeout."""
@@ -151,10 +158,8 @@ class Graph:
 
     def shutdown(self) -> None:
         """Stops spinning, then destroys every node and the context; safe to call twice."""
+        self._stopped.set()
         self.executor.shutdown(timeout_sec=5.0)
-        if self._thread is not None:
-            self._thread.join(timeout=10.0)
-            self._thread = None
         if self.recorder is not None:
             # the MCAP footer is written here; without it the bag is unreadable
             self.recorder.close()

@@ -1,20 +1,25 @@
 """The whole dialogue graph over real DDS: bringup, a simulated user, complete dialogues.
 
-The nodes run as they would on a robot (one MultiThreadedExecutor, real topics, the real
-dlgpr-lite encoder over a small SynthCities map); the test only listens on the topics and
+The nodes run as they would on a robot (each on its own executor thread, real topics, the
+real dlgpr-lite encoder over a small SynthCities map); the test only listens on the topics and
 reads the simulated user's record, so a node that drops, mixes or repeats anything shows.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import rclpy  # no importorskip: without the ROS wheels this must fail
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 
 from dlgpr_core.data.annotations import PlaceAnnotation, read_annotations
 from dlgpr_core.data.records import namespaced_place_id
@@ -23,7 +28,14 @@ from dlgpr_core.evaluation.oracle import write_oracle_evidence
 from dlgpr_core.users.fact import FactUser
 from dlgpr_ros import conversions
 from dlgpr_ros.bringup import Graph, bringup
-from dlgpr_ros.msg import DialogueState, Localization, Question, Utterance
+from dlgpr_ros.msg import (
+    CandidateList,
+    CandidatePlace,
+    DialogueState,
+    Localization,
+    Question,
+    Utterance,
+)
 from dlgpr_ros.qos import TOPIC_QOS
 
 pytestmark = pytest.mark.ros
@@ -253,3 +265,81 @@ def test_lifecycle_deactivate_activate(graph: Graph, probe: Probe, city: Any) ->
     assert graph.run_until(lambda: (s := probe.last(did)) is not None and s.done, 40)
     _check_finished(probe, did, places[target], positions)
     assert graph.node("dialogue_manager").counters["resends"] >= 2
+
+
+def test_a_stuck_node_does_not_stall_the_others(graph: Graph, probe: Probe, city: Any) -> None:
+    """Each node spins on its own thread (`spin.NodeThreads`): a listener stuck in its
+    callbacks holds up only itself. With one executor for the whole graph, the stuck
+    callbacks took every thread of its pool and no dialogue moved."""
+    _, places, positions = city
+    release = threading.Event()
+
+    def wait(_msg: DialogueState) -> None:
+        release.wait(60)
+
+    dm = graph.node("dialogue_manager")
+    listeners = dm._state_pub.get_subscription_count()
+    stuck = Node("dlgpr_stuck_listener", context=graph.context)
+    group = ReentrantCallbackGroup()
+    for _ in range(6):
+        stuck.create_subscription(
+            DialogueState,
+            "dialogue_state",
+            wait,
+            TOPIC_QOS["dialogue_state"],
+            callback_group=group,
+        )
+    graph.add(stuck)
+    try:
+        assert graph.run_until(lambda: dm._state_pub.get_subscription_count() >= listeners + 6)
+        target = "Testville:3"
+        did = run_dialogue(graph, probe, target)
+        _check_finished(probe, did, places[target], positions)
+        assert not release.is_set()  # the listener was stuck all along
+    finally:
+        release.set()
+        graph.executor.remove_node(stuck)
+        stuck.destroy_node()
+
+
+def test_questioner_reads_ahead_the_evidence_of_ranked_places(city: Any) -> None:
+    """The questioner reads the evidence of the places on `candidates` as they are ranked
+    (while the manager re-ranks them), so the state that follows finds it in memory."""
+    from dlgpr_ros.questioner_node import QuestionerNode
+
+    map_path, places, _ = city
+    ids = sorted(places)[:7]
+    context = Context()
+    rclpy.init(context=context)
+    executor = SingleThreadedExecutor(context=context)
+    qn = QuestionerNode(
+        context=context,
+        parameter_overrides=[
+            Parameter("map_path", value=str(map_path)),
+            Parameter("evidence", value="oracle"),
+        ],
+    )
+    ranker = Node("dlgpr_test_ranker", context=context)
+    pub = ranker.create_publisher(CandidateList, "candidates", TOPIC_QOS["candidates"])
+    try:
+        executor.add_node(qn)
+        executor.add_node(ranker)
+
+        def spin_until(done: Any, timeout: float = 10.0) -> bool:
+            end = time.monotonic() + timeout
+            while not done() and time.monotonic() < end:
+                executor.spin_once(timeout_sec=0.05)
+            return bool(done())
+
+        assert spin_until(lambda: pub.get_subscription_count() >= 1)
+        candidates = [CandidatePlace(place_id=p, rank=i) for i, p in enumerate(ids)]
+        pub.publish(CandidateList(dialogue_id="d", round=0, candidates=candidates))
+        assert spin_until(lambda: qn.counters["prefetched"] >= len(ids)), dict(qn.counters)
+        assert qn.counters["prefetched"] == len(ids) and not qn.counters["errors"]
+        assert qn.evidence.prefetch(ids) == 0  # all of them in memory already
+        assert all(e is not None for e in qn.evidence.get_many(ids))
+    finally:
+        executor.shutdown()
+        qn.destroy_node()
+        ranker.destroy_node()
+        rclpy.try_shutdown(context=context)

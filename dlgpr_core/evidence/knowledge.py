@@ -112,6 +112,14 @@ class EvidenceSource:
                 self._cache[p] = PlaceEvidence.from_images(images) if images else None
         return [self._cache[p] for p in place_ids]
 
+    def prefetch(self, place_ids: Sequence[str]) -> int:
+        """Reads ahead (and keeps) the evidence of those of `place_ids` not read yet, so a
+        later `get_many` finds it in memory; returns how many places were read."""
+        missing = [p for p in dict.fromkeys(place_ids) if p not in self._cache]
+        if missing:
+            self.get_many(missing)
+        return len(missing)
+
     def get(self, place_id: str) -> PlaceEvidence | None:
         """The place's evidence, or None when the annotator left it none."""
         return self.get_many([place_id])[0]
