@@ -70,17 +70,21 @@ def test_text_update_equals_core_engine(city: Any) -> None:
     with MapDatabase.open(map_path) as db:
         evidence = EvidenceSource.of_map(db.evidence, "oracle")
 
+        # config/dialogue.yaml's settings: the belief over the top 50 at its temperature,
+        # search_k 200, the questioner planning over every candidate the belief covers.
+        config = DialogueConfig(search_k=200)
+
         def engine(reranker: Any) -> DialogueEngine:
             return DialogueEngine(
                 lambda text, k: db.search(text, enc, k=k),
-                make_questioner("info-gain", evidence=evidence, top_k=10),
-                DialogueConfig(search_k=200),
+                make_questioner("info-gain", evidence=evidence, top_k=None),
+                config,
                 reranker=reranker,
             )
 
         text = engine(None)
         runs = {pid: text.run(p.caption, FactUser(p), pid) for pid, p in places.items()}
-        update = engine(EvidenceUpdate(evidence))
+        update = engine(EvidenceUpdate(evidence, temperature=config.temperature))
 
         def asked_by(run: Any) -> list[str]:
             return [q.text for q in run.final.questions]

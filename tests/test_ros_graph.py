@@ -85,11 +85,14 @@ def core_dialogues(map_path: Path, places: dict[str, PlaceAnnotation]) -> dict[s
     enc = load_encoder("dlgpr-lite", None)
     with MapDatabase.open(map_path) as db:
         evidence = EvidenceSource.of_map(db.evidence, "oracle")
+        # config/dialogue.yaml's settings: the belief over the top 50 at its temperature,
+        # search_k 200, the questioner planning over every candidate the belief covers.
+        config = DialogueConfig(search_k=200)
         engine = DialogueEngine(
             lambda text, k: db.search(text, enc, k=k),
-            make_questioner("info-gain", evidence=evidence, top_k=10),
-            DialogueConfig(search_k=200),
-            reranker=EvidenceUpdate(evidence),
+            make_questioner("info-gain", evidence=evidence, top_k=None),
+            config,
+            reranker=EvidenceUpdate(evidence, temperature=config.temperature),
         )
         return {pid: engine.run(p.caption, FactUser(p), pid) for pid, p in places.items()}
 
