@@ -156,6 +156,10 @@ class SpeechNode(Node):
             ("vad_threshold", 0.5, p_dbl, "Silero VAD speech probability threshold in (0, 1)"),
             ("min_silence_ms", 500, p_int,
              "Silence that ends an utterance; lower answers faster but may split sentences"),
+            ("early_decode", True, p_bool,
+             "Transcribe an utterance during its final pause, once its audio is final "
+             "(pad_ms after the last speech), so the words are ready sooner after the "
+             "silence ends it; a pause that was not the end costs a wasted decode"),
             ("language", "en", p_str,
              "Spoken language code for Whisper and for typed text; empty = auto-detect"),
             ("warmup", True, p_bool,
@@ -217,7 +221,9 @@ class SpeechNode(Node):
             threshold=float(self.get_parameter("vad_threshold").value),
             min_silence_ms=int(self.get_parameter("min_silence_ms").value),
         )
-        return SpeechPipeline(transcriber, segmenter)
+        return SpeechPipeline(
+            transcriber, segmenter, early_decode=bool(self.get_parameter("early_decode").value)
+        )
 
     def _start_microphone(self) -> None:
         from dlgpr_core.speech.capture import MicrophoneSource
@@ -364,7 +370,7 @@ class SpeechNode(Node):
                 with self._lock:
                     self.stats.pipeline_errors += 1
                 self.get_logger().error(f"speech pipeline failed: {type(exc).__name__}: {exc}")
-                self.pipeline.segmenter.reset()
+                self.pipeline.reset()
             finally:
                 self._queue.task_done()
 
@@ -420,6 +426,7 @@ class SpeechNode(Node):
                 break
         self._queue.put(_Stop())
         self._worker.join(timeout=10.0)
+        self.pipeline.close()
         super().destroy_node()
 
 

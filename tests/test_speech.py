@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict
 from itertools import pairwise
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -38,7 +39,7 @@ from dlgpr_core.speech.transcriber import (
     has_repeated_ngram,
     normalise_text,
 )
-from dlgpr_core.speech.vad import SpeechSegmenter
+from dlgpr_core.speech.vad import Segment, SpeechSegmenter
 
 SENTENCE = "There is a small cafe with a green awning across from a church"
 CONTENT_WORDS = {"small", "cafe", "green", "awning", "across", "church"}
@@ -411,3 +412,94 @@ def test_microphone_callback_drops_when_full_and_never_blocks() -> None:
     mic.stop()  # stopping a stream that never started is harmless
     with pytest.raises(queue.Empty):
         mic._queue.get_nowait()
+
+
+# ----------------------------------------------------------------------------- early decoding
+
+
+class _Recorder:
+    """A transcriber that remembers what it was given and names it by its sample count (so
+    two transcripts are equal exactly when their audio was the same length, and the
+    segmenter's cuts are compared for equality separately)."""
+
+    def __init__(self) -> None:
+        self.calls: list[np.ndarray] = []
+        self.last_gate_reason: str | None = None
+
+    def transcribe(self, audio_16k: np.ndarray) -> Transcript | None:
+        self.calls.append(np.array(audio_16k, copy=True))
+        return Transcript(f"{audio_16k.size} samples", "en", 1.0, 0.0, audio_16k.size / SR, 0.0)
+
+
+def _stream(*parts: np.ndarray | float) -> np.ndarray:
+    """Speech arrays and silences (seconds) in a row."""
+    return np.concatenate(
+        [p if isinstance(p, np.ndarray) else np.zeros(int(p * SR), np.float32) for p in parts]
+    ).astype(np.float32)
+
+
+def test_pending_is_exactly_the_segment_the_close_emits(sentence_16k: np.ndarray) -> None:
+    """From pad_ms into the final pause, `pending` holds the samples the VAD will emit when
+    the pause reaches min_silence_ms, min_silence_ms - pad_ms of stream time earlier."""
+    seg = SpeechSegmenter()
+    stream = _stream(0.5, sentence_16k, 1.5)
+    first: tuple[int, Segment] | None = None
+    closed: list[tuple[int, Segment]] = []
+    step = 1600  # 100 ms blocks, as the node gets them
+    for i in range(0, stream.size, step):
+        closed += [(i + step, s) for s in seg.push(stream[i : i + step])]
+        p = seg.pending()
+        if p is not None and first is None and not closed:
+            first = (i + step, p)
+    assert len(closed) == 1 and first is not None
+    (at_close, out), (at_pending, early) = closed[0], first
+    assert (early.start_s, early.end_s) == (out.start_s, out.end_s)
+    assert np.array_equal(early.audio, out.audio) and early.audio.dtype == out.audio.dtype
+    assert (at_close - at_pending) / SR >= (500 - 200) / 1000 - 0.1  # min_silence - pad
+    assert seg.pending() is None  # nothing open any more
+
+
+def test_early_decode_transcribes_during_the_pause(sentence_16k: np.ndarray) -> None:
+    """The decode started in the final pause is the transcript: one decode per utterance,
+    of the very samples the close emits, and the same transcripts as without it."""
+    stream = _stream(0.5, sentence_16k, 1.5, sentence_16k, 1.5)
+    results = {}
+    for early in (False, True):
+        rec = _Recorder()
+        pipe = SpeechPipeline(cast(Any, rec), SpeechSegmenter(), early_decode=early)
+        got, segs = [], []
+        for i in range(0, stream.size, 1600):
+            got += pipe.feed(stream[i : i + 1600], SR, 1)
+            segs += pipe.last_segments
+        got += pipe.flush()
+        segs += pipe.last_segments
+        pipe.close()
+        results[early] = [t.text for t in got]
+        assert len(got) == len(segs) == len(rec.calls) == 2
+        assert all(np.array_equal(c, s.audio) for c, s in zip(rec.calls, segs, strict=True))
+        assert all(t.latency_s is not None and t.latency_s >= 0 for t in got)
+        assert (pipe.early_used, pipe.early_wasted) == ((2, 0) if early else (0, 0))
+    assert results[True] == results[False]
+
+
+def test_early_decode_drops_a_pause_that_was_not_the_end(sentence_16k: np.ndarray) -> None:
+    """A pause longer than pad_ms but shorter than min_silence_ms starts a decode; the person
+    speaking on makes it wasted, and the utterance is decoded whole (same as without it)."""
+    half = sentence_16k.size // 2
+    stream = _stream(0.5, sentence_16k[:half], 0.45, sentence_16k[half:], 2.0)
+    results = {}
+    for early in (False, True):
+        rec = _Recorder()
+        pipe = SpeechPipeline(cast(Any, rec), SpeechSegmenter(min_silence_ms=1000), early)
+        got = []
+        for i in range(0, stream.size, 1600):
+            got += pipe.feed(stream[i : i + 1600], SR, 1)
+        got += pipe.flush()
+        pipe.close()
+        assert len(got) == 1, [t.text for t in got]
+        results[early] = got[0].text
+        if early:
+            assert pipe.early_wasted >= 1 and pipe.early_used == 1
+            assert len(rec.calls) == 1 + pipe.early_wasted  # the wasted ones ran or were cut
+            assert rec.calls[-1].size > rec.calls[0].size  # the whole, not the first half
+    assert results[True] == results[False]

@@ -176,6 +176,31 @@ class SpeechSegmenter:
             forced=forced,
         )
 
+    def pending(self) -> Segment | None:
+        """The open utterance exactly as it will be emitted if the pause under way lasts
+        until ``min_silence_ms``: once the pause is ``pad_ms`` long, the cut (``pad_ms``
+        after the last speech) is in the buffer and no later window can change it, unless
+        speech resumes (a new pause, a new cut) or ``max_utterance_s`` forces a cut first.
+        None while speaking, before that, with no open utterance, or for a click that the
+        close would drop. Lets a caller transcribe during the rest of the pause (same audio,
+        same words) instead of after it; its ``end_of_speech_monotonic`` is now, not the
+        close."""
+        if not self._triggered or not self._utt:
+            return None
+        end = self._pos
+        cut = self._last_speech_end + self.pad_samples
+        if end < cut or self._last_speech_end - self._speech_start < self.min_speech_samples:
+            return None
+        audio = np.concatenate(self._utt)
+        buf_start = end - audio.size
+        start = max(self._utt_start, buf_start)
+        return Segment(
+            audio=np.ascontiguousarray(audio[start - buf_start : cut - buf_start]),
+            start_s=start / self.sample_rate,
+            end_s=cut / self.sample_rate,
+            end_of_speech_monotonic=time.monotonic(),
+        )
+
     def flush(self) -> list[Segment]:
         """End of stream: close an open utterance (with the unwindowed remainder) if it holds
         enough speech, then reset so the segmenter can be reused."""
