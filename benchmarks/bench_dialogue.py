@@ -11,7 +11,10 @@ printed for context only, never compared across runs):
   the very same answers;
 - speech: flite-spoken place captions streamed as AudioChunks into the speech node, against
   the same audio fed straight into a `SpeechPipeline` sharing the node's Whisper model:
-  real-time factor and end-of-speech -> utterance latency.
+  real-time factor and end-of-speech -> utterance latency (end of speech: the VAD closing the
+  utterance, `min_silence_ms` after the last speech). Both decode early (during the final
+  pause, the node's default); the same pipeline without early decoding is the baseline, fed
+  the same audio in the same run.
 
 ROS and direct measurements are interleaved (one dialogue / one sentence each, in turn) so
 that a load spike on the machine hits both sides rather than skewing the ratio.
@@ -22,7 +25,6 @@ Run: ``make bench`` (or ``python benchmarks/bench_dialogue.py --quick`` for a sm
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import random
@@ -31,14 +33,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import rclpy
 from rclpy.context import Context
-from rclpy.executors import SingleThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.logging import LoggingSeverity
 from rclpy.node import Node
 from rich.console import Console
@@ -46,16 +48,17 @@ from rich.table import Table
 
 from dlgpr_core.data.annotations import PlaceAnnotation
 from dlgpr_core.dialogue.engine import DialogueEngine
-from dlgpr_core.dialogue.state import DialogueConfig
 from dlgpr_core.speech.pipeline import SpeechPipeline
 from dlgpr_core.speech.transcriber import Transcriber
 from dlgpr_core.speech.vad import Segment, SpeechSegmenter
 from dlgpr_core.users.fact import FactUser
 from dlgpr_ros import conversions
 from dlgpr_ros.bringup import Graph, bringup
+from dlgpr_ros.graph import launch_plan
 from dlgpr_ros.msg import AudioChunk, DialogueState, Question, Utterance
 from dlgpr_ros.qos import TOPIC_QOS
 from dlgpr_ros.speech_node import AUDIO_QOS, SpeechNode
+from dlgpr_ros.spin import spin_through_errors
 
 CITY = "Benchtown"
 ENCODER = "dlgpr-lite"
@@ -178,6 +181,25 @@ class RoundProbe(Node):
         found: tuple[int, float, Question | DialogueState] = self.wait_for(find, timeout)
         return found
 
+    def asked(self, did: str, start: int, round_: int, timeout: float) -> DialogueState:
+        """The manager's state putting the question of `round_` to the person (or the final
+        state), at index >= start. A person answers that state's question, as the graph's
+        users do: an answer sent on the questioner's Question alone can reach the manager
+        before the Question does, and the manager ignores an answer to a question it has not
+        asked yet (a stale answer)."""
+
+        def find() -> DialogueState | None:
+            for _, msg in self.events.get(did, [])[start:]:
+                if isinstance(msg, DialogueState) and (
+                    msg.done
+                    or (msg.phase == DialogueState.PHASE_AWAITING_ANSWER and msg.round == round_)
+                ):
+                    return msg
+            return None
+
+        state: DialogueState = self.wait_for(find, timeout)
+        return state
+
 
 @dataclass
 class RosDialogue:
@@ -200,14 +222,20 @@ def ros_dialogue(probe: RoundProbe, place: PlaceAnnotation, timeout: float) -> R
     user = FactUser(place)
     t0, request_id = probe.say(d0)
     did: str = probe.wait_for(lambda: probe.dialogue_of.get(request_id), timeout)
-    idx, t, msg = probe.next_event(did, 0, 0, timeout)
+    start = 0
+    _, t, msg = probe.next_event(did, start, 0, timeout)
     out = RosDialogue(did, d0, start_s=t - t0)
     while isinstance(msg, Question):
+        state = probe.asked(did, start, int(msg.round), timeout)
+        if state.done:  # the manager ended the dialogue on this question (e.g. a repeat)
+            msg = state
+            break
         answer = user.answer(conversions.question_msg_to_core(msg))  # its probe, exactly
         out.questions.append(msg.text)
         out.answers.append(answer)
+        start = len(probe.events[did])  # what arrives from now on may answer this answer
         t0, _ = probe.say(answer, did, int(msg.round) + 1)
-        idx, t, msg = probe.next_event(did, idx + 1, int(msg.round) + 1, timeout)
+        _, t, msg = probe.next_event(did, start, int(msg.round) + 1, timeout)
         if t <= t0:
             raise RuntimeError(f"{did}: a reply older than its answer (a mixed-up dialogue)")
         out.round_s.append(t - t0)
@@ -254,10 +282,15 @@ class RoundFigures:
     direct_round_ms: list[float]
     ros_start_ms: list[float]
     direct_start_ms: list[float]
+    settings: dict[str, Any] = field(default_factory=dict)
+    """The dialogue settings both sides ran with, as the graph's nodes read them."""
 
 
-def bench_rounds(map_path: Path, n_dialogues: int, timeout: float) -> RoundFigures:
-    """Interleaves ROS and direct dialogues over targets drawn from the map's places."""
+def bench_rounds(
+    map_path: Path, n_dialogues: int, timeout: float, baseline: bool = False
+) -> RoundFigures:
+    """Interleaves ROS and direct dialogues over targets drawn from the map's places; with
+    `baseline`, through the graph as it ran before issue 13's latency work (`graph_up`)."""
     from dlgpr_core.dialogue.evidence_update import EvidenceUpdate
     from dlgpr_core.evidence.knowledge import EvidenceSource
     from dlgpr_core.mapdb.access import map_encoder
@@ -275,20 +308,39 @@ def bench_rounds(map_path: Path, n_dialogues: int, timeout: float) -> RoundFigur
     }
     ros_runs: list[RosDialogue] = []
     direct_runs: list[DirectDialogue] = []
-    with MapDatabase.open(map_path) as db, graph_up(overrides) as graph:
+    with MapDatabase.open(map_path) as db, graph_up(overrides, baseline) as graph:
         enc = map_encoder(db)  # the retrieval node's cached encoder: the same object
-        # The questioner node's defaults (top_k 10, seed 0) and this DialogueConfig match
-        # config/dialogue.yaml (search_k 200 for the evidence update), so both sides ask,
-        # re-rank and stop alike.
-        evidence = EvidenceSource.of_map(db.evidence, EVIDENCE)
+        dm, qn = graph.node("dialogue_manager"), graph.node("questioner")
+        # Both sides run with the settings the graph's nodes were given (config/dialogue.yaml
+        # and the overrides above), read back from the running nodes, so they ask, re-rank
+        # and stop alike whatever the defaults are; no time-outs on the synchronous side.
+        config = replace(dm.config, request_timeout=None, answer_timeout=None)
+        evidence = EvidenceSource.of_map(db.evidence, str(qn.get_parameter("evidence").value))
+        update = str(dm.get_parameter("update").value)
         engine = DialogueEngine(
             lambda text, k: db.search(text, enc, k=k),
-            build_questioner("info-gain", evidence, 10, 0),
-            DialogueConfig(search_k=200),
-            reranker=EvidenceUpdate(evidence),
+            build_questioner(
+                str(qn.get_parameter("questioner").value),
+                evidence,
+                int(qn.get_parameter("top_k").value),
+                int(qn.get_parameter("seed").value),
+            ),
+            config,
+            reranker=(
+                EvidenceUpdate(evidence, temperature=config.temperature)
+                if update == "evidence"
+                else None
+            ),
         )
+        settings = {
+            "manager": {k: getattr(config, k) for k in ("top_k", "search_k", "temperature")}
+            | {"max_rounds": config.max_rounds, "confidence": config.confidence},
+            "update": update,
+            "questioner": {
+                k: qn.get_parameter(k).value for k in ("questioner", "evidence", "top_k", "seed")
+            },
+        }
         probe = RoundProbe(graph)
-        dm = graph.node("dialogue_manager")
         graph.run_until(
             lambda: (
                 probe.pub.get_subscription_count() >= 1
@@ -312,21 +364,64 @@ def bench_rounds(map_path: Path, n_dialogues: int, timeout: float) -> RoundFigur
         direct_round_ms=[s * 1e3 for d in direct_runs for s in d.round_s],
         ros_start_ms=[r.start_s * 1e3 for r in ros_runs],
         direct_start_ms=[d.start_s * 1e3 for d in direct_runs],
+        settings=settings,
     )
 
 
+class SharedExecutor:
+    """The baseline's executor: every node of the graph on one MultiThreadedExecutor of 4
+    threads, as bringup spun them before `spin.NodeThreads` (same interface)."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.executor = MultiThreadedExecutor(num_threads=4, context=graph.context)
+        self._on_error = graph._on_callback_error
+        self._thread: threading.Thread | None = None
+
+    def add_node(self, node: Node) -> None:
+        self.executor.add_node(node)
+
+    def remove_node(self, node: Node, timeout_sec: float = 10.0) -> None:
+        self.executor.remove_node(node)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=spin_through_errors, args=(self.executor, self._on_error), daemon=True
+            )
+            self._thread.start()
+
+    def shutdown(self, timeout_sec: float | None = None) -> None:
+        self.executor.shutdown(timeout_sec=timeout_sec)
+        if self._thread is not None:
+            self._thread.join(timeout_sec)
+
+
 @contextmanager
-def graph_up(overrides: dict[str, Any]) -> Iterator[Graph]:
+def graph_up(overrides: dict[str, Any], baseline: bool = False) -> Iterator[Graph]:
     """The typed-input graph, its INFO chatter (one log line per question) silenced so the
     console stays readable; warnings and errors still show.
 
-    Without the console printer where bringup has one: it renders every round to stdout,
-    which would bury the report and time the terminal rather than the dialogue protocol.
+    Without the console printer: it renders every round to stdout, which would bury the
+    report and time the terminal rather than the dialogue protocol. With `baseline`, the
+    graph as it ran before issue 13's latency work, measured in the same run: one shared
+    MultiThreadedExecutor and no evidence read-ahead in the questioner.
     """
-    extra: dict[str, Any] = {}
-    if "print_dialogue" in inspect.signature(bringup).parameters:
-        extra["print_dialogue"] = False
-    graph = bringup(None, overrides, "typed", **extra)
+    if baseline:
+        plan = launch_plan(
+            None, {**overrides, "questioner.prefetch_evidence": False}, "typed",
+            print_dialogue=False,
+        )  # fmt: skip
+        graph = Graph(plan)
+        graph.executor = cast(Any, SharedExecutor(graph))
+        try:
+            for planned in plan:
+                graph.start(planned.name)
+        except BaseException:
+            graph.shutdown()
+            raise
+        graph.spin_in_thread()
+    else:
+        graph = bringup(None, overrides, "typed", print_dialogue=False)
     try:
         for node in graph.nodes.values():
             node.get_logger().set_level(LoggingSeverity.WARN)
@@ -422,6 +517,11 @@ class SpeechFigures:
     node_latency_ms: list[float]
     direct_latency_ms: list[float]
     heard: list[dict[str, str]]
+    baseline_rtf: list[float] = field(default_factory=list)
+    baseline_latency_ms: list[float] = field(default_factory=list)
+    """The direct pipeline without early decoding (decode after the VAD closes)."""
+    early: dict[str, int] = field(default_factory=dict)
+    """The node pipeline's early decodes: used (the transcript) and wasted."""
 
 
 def bench_speech(texts: Sequence[str], realtime: bool, timeout: float) -> SpeechFigures:
@@ -437,9 +537,8 @@ def bench_speech(texts: Sequence[str], realtime: bool, timeout: float) -> Speech
     context = Context()
     rclpy.init(context=context)
     node_seg = TimedSegmenter()
-    speech = SpeechNode(
-        namespace=ns, context=context, pipeline=SpeechPipeline(transcriber, node_seg)
-    )
+    node_pipeline = SpeechPipeline(transcriber, node_seg, early_decode=True)  # node default
+    speech = SpeechNode(namespace=ns, context=context, pipeline=node_pipeline)
     speech.get_logger().set_level(LoggingSeverity.WARN)
     probe = SpeechProbe(context, ns)
     executor = SingleThreadedExecutor(context=context)  # as the node's own main() spins it
@@ -458,7 +557,10 @@ def bench_speech(texts: Sequence[str], realtime: bool, timeout: float) -> Speech
             time.sleep(0.02)
         if not speech.wait_idle(120):  # model warm-up decode
             raise TimeoutError("the speech node did not finish warming up")
-        direct = SpeechPipeline(transcriber, SpeechSegmenter(threshold=0.5, min_silence_ms=500))
+        direct = SpeechPipeline(
+            transcriber, SpeechSegmenter(threshold=0.5, min_silence_ms=500), early_decode=True
+        )
+        baseline = SpeechPipeline(transcriber, SpeechSegmenter(threshold=0.5, min_silence_ms=500))
         for text, samples, rate in sentences:
             chunks = _chunks(samples, rate)
             # node
@@ -492,14 +594,28 @@ def bench_speech(texts: Sequence[str], realtime: bool, timeout: float) -> Speech
                 tr = transcripts[0]
                 figures.direct_latency_ms.append((tr.latency_s or 0.0) * 1e3)
                 figures.direct_rtf.append(tr.real_time_factor)
+            # baseline: decoding only once the VAD closed the utterance
+            before = []
+            for chunk in _paced(chunks, rate, realtime):
+                before += baseline.feed(chunk, rate, 1)
+            before += baseline.flush()
+            if before:
+                figures.baseline_latency_ms.append((before[0].latency_s or 0.0) * 1e3)
+                figures.baseline_rtf.append(before[0].real_time_factor)
             figures.audio_s.append(len(samples) / rate)
             figures.heard.append(
                 {
                     "said": text,
                     "node": node_text,
                     "direct": transcripts[0].text if transcripts else "<nothing>",
+                    "baseline": before[0].text if before else "<nothing>",
                 }
             )
+        direct.close()
+        figures.early = {
+            "used": node_pipeline.early_used,
+            "wasted": node_pipeline.early_wasted,
+        }
     finally:
         executor.shutdown()
         spinner.join(timeout=5)
@@ -521,7 +637,24 @@ def _row(
     return {"ros": round(a, 4), "direct": round(b, 4), "ratio": round(_ratio(a, b), 3)}
 
 
-def report(rounds: RoundFigures | None, speech: SpeechFigures | None, console: Console) -> dict:
+def table_markdown(table: Table) -> str:
+    """The report's rich table as a Markdown table (for docs/results next to the JSON)."""
+    columns = list(table.columns)
+    lines = [
+        "| " + " | ".join(str(c.header) for c in columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
+    for row in zip(*(list(c.cells) for c in columns), strict=True):
+        lines.append("| " + " | ".join(str(cell) for cell in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def report(
+    rounds: RoundFigures | None,
+    speech: SpeechFigures | None,
+    console: Console,
+    base: RoundFigures | None = None,
+) -> dict:
     """A rich table plus the same figures as a dict for the JSON file."""
     table = Table(title="dlgpr: ROS layer vs dlgpr_core, measured in one run")
     for col, justify in (
@@ -538,6 +671,7 @@ def report(rounds: RoundFigures | None, speech: SpeechFigures | None, console: C
             "dialogues": rounds.dialogues,
             "answered_rounds": rounds.rounds,
             "dialogues_with_same_questions": rounds.same_questions,
+            "settings": rounds.settings,
         }
         for q in (50, 95):
             r[f"round_ms_p{q}"] = _row(
@@ -548,6 +682,18 @@ def report(rounds: RoundFigures | None, speech: SpeechFigures | None, console: C
             table, "d0 -> first question (ms)", rounds.ros_start_ms, rounds.direct_start_ms,
             50, "ms",
         )  # fmt: skip
+    if base is not None:
+        b = out["rounds_baseline"] = {
+            "graph": "one MultiThreadedExecutor (4 threads), questioner without read-ahead",
+            "dialogues": base.dialogues,
+            "answered_rounds": base.rounds,
+            "dialogues_with_same_questions": base.same_questions,
+        }
+        for q in (50, 95):
+            b[f"round_ms_p{q}"] = _row(
+                table, "  baseline graph: answer -> next question (ms)", base.ros_round_ms,
+                base.direct_round_ms, q, "ms",
+            )  # fmt: skip
     if speech is not None:
         s = out["speech"] = {
             "sentences": speech.sentences,
@@ -555,6 +701,7 @@ def report(rounds: RoundFigures | None, speech: SpeechFigures | None, console: C
             "audio_s_total": round(sum(speech.audio_s), 2),
             "transcribed_node": len(speech.node_rtf),
             "transcribed_direct": len(speech.direct_rtf),
+            "node_early_decodes": speech.early,
             "heard": speech.heard,
         }
         s["rtf_p50"] = _row(table, "real-time factor", speech.node_rtf, speech.direct_rtf, 50, "")
@@ -563,22 +710,36 @@ def report(rounds: RoundFigures | None, speech: SpeechFigures | None, console: C
                 table, "end of speech -> utterance (ms)", speech.node_latency_ms,
                 speech.direct_latency_ms, q, "ms",
             )  # fmt: skip
+        for q in (50, 95):  # the same audio decoded only once the VAD closed it
+            before = _pct(speech.baseline_latency_ms, q)
+            s[f"baseline_eos_latency_ms_p{q}"] = round(before, 4)
+            table.add_row(
+                "  baseline: no early decoding, direct (ms)", f"p{q:g}", "", f"{before:.1f}", ""
+            )
+        s["baseline_rtf_p50"] = round(_pct(speech.baseline_rtf, 50), 4)
     console.print(table)
+    out["markdown"] = table_markdown(table)
+    if base is not None:
+        console.print(
+            f"baseline graph: {base.rounds} answered rounds in {base.dialogues} dialogues; "
+            f"same questions in {base.same_questions}/{base.dialogues}"
+        )
     if rounds is not None:
         console.print(
             f"rounds: {rounds.rounds} answered rounds in {rounds.dialogues} dialogues; "
             f"direct replay asked the same questions in {rounds.same_questions}/"
-            f"{rounds.dialogues}"
+            f"{rounds.dialogues}; settings {rounds.settings}"
         )
     if speech is not None:
         console.print(
             f"speech: {speech.sentences} flite sentences ({sum(speech.audio_s):.1f} s of audio, "
             f"{speech.pace} pace), transcribed by the node {len(speech.node_rtf)}, "
-            f"directly {len(speech.direct_rtf)}"
+            f"directly {len(speech.direct_rtf)}; the node's early decodes: {speech.early}"
         )
         for h in speech.heard:
             console.print(
-                f"  said {h['said']!r}\n    node   {h['node']!r}\n    direct {h['direct']!r}"
+                f"  said {h['said']!r}\n    node     {h['node']!r}\n    direct   {h['direct']!r}"
+                f"\n    baseline {h['baseline']!r}"
             )
     return out
 
@@ -600,11 +761,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="smoke run: 60 places, 5 dialogues, 2 sentences in a burst",
     )
-    parser.add_argument("--skip", choices=("rounds", "speech"), action="append", default=[])
+    parser.add_argument(
+        "--skip",
+        choices=("rounds", "baseline", "speech"),
+        action="append",
+        default=[],
+        help="leave out a part (baseline: the rounds through the graph as it ran before)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--data", type=Path, default=Path("data/bench"), help="map cache")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per wait")
-    parser.add_argument("--json", type=Path, default=Path("results/bench_dialogue.json"))
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=Path("results/bench_dialogue.json"),
+        help="the figures as JSON; the table as Markdown beside it (.md)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.places, args.dialogues, args.sentences, args.pace = 60, 5, 2, "burst"
@@ -621,11 +793,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     console = Console()
     t_all = time.perf_counter()
-    rounds = speech = None
+    rounds = speech = base = None
     map_path = ensure_map(args.data, args.places, args.views)
     if "rounds" not in args.skip:
         console.print(f"rounds: {args.dialogues} dialogues on {map_path} ...")
         rounds = bench_rounds(map_path, args.dialogues, args.timeout)
+        if "baseline" not in args.skip:
+            console.print("rounds through the baseline graph ...")
+            base = bench_rounds(map_path, args.dialogues, args.timeout, baseline=True)
     if "speech" not in args.skip:
         from dlgpr_core.mapdb.ground_truth import map_annotations
 
@@ -633,7 +808,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         texts = [places[p].caption for p in sorted(places)[: args.sentences]]
         console.print(f"speech: {len(texts)} sentences, {args.pace} pace ...")
         speech = bench_speech(texts, args.pace == "realtime", args.timeout)
-    figures = report(rounds, speech, console)
+    figures = report(rounds, speech, console, base)
     figures["config"] = {
         "places": args.places,
         "views": args.views,
@@ -649,8 +824,16 @@ def main(argv: Sequence[str] | None = None) -> None:
             k: [round(v, 3) for v in vs] for k, vs in asdict(rounds).items() if k.endswith("_ms")
         }
     args.json.parent.mkdir(parents=True, exist_ok=True)
+    markdown = figures.pop("markdown")
     args.json.write_text(json.dumps(figures, indent=2))
-    console.print(f"wrote {args.json} ({figures['config']['seconds_total']} s in all)")
+    md = args.json.with_suffix(".md")
+    cfg = figures["config"]
+    md.write_text(
+        f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPU cores, {cfg['places']} places x "
+        f"{cfg['views']} views, {cfg['dialogues']} dialogues, {cfg['sentences']} sentences "
+        f"({cfg['pace']} pace)\n\n{markdown}"
+    )
+    console.print(f"wrote {args.json} and {md} ({cfg['seconds_total']} s in all)")
 
 
 if __name__ == "__main__":
