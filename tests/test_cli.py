@@ -115,6 +115,33 @@ def test_map_built_with_a_relative_checkpoint_answers_from_another_directory(
     assert json.loads(query.stdout)[0]["place_id"].startswith("Clitown:")
 
 
+def test_search_eval_measures_each_channel_combination(city: Path, tmp_path: Path) -> None:
+    """`dlgpr retriever search-eval` as a user runs it: builds and annotates the city's map
+    (learned evidence, the shipped model), records the lexical channel's default, and writes
+    place and image R@k per channel combination and wording."""
+    maps, out = tmp_path / "maps", tmp_path / "search"
+    run(
+        "retriever", "search-eval", "--data", city, "--cities", "Clitown", "--maps", maps,
+        "--n", "8", "--variants", "generator,caption", "--rows", "dense,dense+lexical+evidence",
+        "--out", out,
+    )  # fmt: skip
+    table = json.loads(out.with_suffix(".json").read_text())
+    rows = {(r["encoder"], r["variant"]): r for r in table["rows"]}
+    assert set(rows) == {
+        (c, v) for c in ("dense", "dense+lexical+evidence") for v in ("generator", "caption")
+    }
+    for r in rows.values():
+        assert r["n_queries"] == 8 and r["n_images"] == 48
+        for recall in (r["place_recall"], r["image_recall"]):
+            assert list(recall) == ["R@1", "R@5", "R@10"]
+            assert 0.0 <= recall["R@1"] <= recall["R@5"] <= recall["R@10"] <= 1.0
+    assert table["meta"]["lexical"]["Clitown"]["annotator"] == "learned"
+    info = run("map", "info", "--map", maps / "Clitown").stdout
+    assert "BM25 over the words of 'learned' evidence" in " ".join(info.split())
+    md = out.with_suffix(".md").read_text()
+    assert "dense+lexical+evidence" in md and "caption" in md
+
+
 def test_missing_map_is_a_clear_error(tmp_path: Path) -> None:
     proc = run("map", "query", "a bank", "--map", tmp_path / "nowhere", ok=False)
     assert proc.returncode == 2

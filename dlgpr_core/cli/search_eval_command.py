@@ -76,8 +76,9 @@ def search_eval(
             label: RobotSearch(db, enc, source, channels=ROWS[label], lexical=spec)
             for label in wanted
         }
-        with console.status(f"searching {city} ..."):
-            table_rows += search_recall(db, enc, searches, places, split([variants]), seed=seed)
+        table_rows += search_recall(
+            db, enc, searches, places, split([variants]), seed=seed, progress=True
+        )
     meta = {
         "data": str(data),
         "cities": split(cities),

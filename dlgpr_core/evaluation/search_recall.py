@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from dlgpr_core.data.annotations import PlaceAnnotation
 from dlgpr_core.dialogue.search import RobotSearch
@@ -73,8 +74,10 @@ def search_recall(
     *,
     seed: int = 0,
     ks: Sequence[int] = KS,
+    progress: bool = False,
 ) -> list[EvalRow]:
-    """One `EvalRow` per search (label -> `RobotSearch`) and query variant over one map."""
+    """One `EvalRow` per search (label -> `RobotSearch`) and query variant over one map
+    (`progress`: a bar over the queries, which take seconds each on a robot CPU)."""
     n_places = db.info().n_places
     n_images = db.info().n_images
     city = places[0].city if places else ""
@@ -82,7 +85,7 @@ def search_recall(
     dense_only = RobotSearch(db, encoder, None, channels=("dense",), pool=n_places)
     place_ranks: dict[tuple[str, str], list[int]] = {}
     image_ranks: dict[tuple[str, str], list[int]] = {}
-    for q in queries:
+    for q in tqdm(queries, desc=f"queries {city}", unit="q", disable=not progress):
         images = [(h.place_id, h.score) for h in db.search_images(q.text, encoder, k=n_images)]
         dense = {h.place_id: h.score for h in dense_only(q.text, n_places)}
         for label, search in searches.items():
