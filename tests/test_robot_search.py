@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from test_mapdb import HistogramEncoder, make_dataset
 
@@ -106,3 +107,28 @@ def test_image_rank_moves_a_place_s_images_together() -> None:
     # a tie with another place's image counts against the target
     assert image_rank(images, {"b": 0.05}, "b") == 1
     assert image_rank(images, {}, "zz") == 4
+
+
+def test_a_query_text_is_encoded_once_per_map(db: MapDatabase) -> None:
+    """The three channels and an evaluation's channel combinations search the same text
+    again: the map keeps recent text embeddings (per encoder), so the text tower runs once,
+    and the results are those of a fresh encode."""
+    from dlgpr_core.mapdb import search as map_search
+
+    enc = HistogramEncoder()
+    calls: list[list[str]] = []
+    encode = enc.encode_texts
+
+    def counting(texts: list[str]) -> np.ndarray:
+        calls.append(list(texts))
+        return encode(texts)
+
+    enc.encode_texts = counting
+    first = db.search("a bank with a fountain", enc, k=4)
+    again = RobotSearch(db, enc, None, channels=("dense",))("a bank with a fountain", 4)
+    assert calls == [["a bank with a fountain"]]
+    assert [(h.place_id, h.score) for h in again] == [(h.place_id, h.score) for h in first]
+    for i in range(map_search.TEXT_CACHE_SIZE):
+        db.search(f"text {i}", enc, k=1)
+    db.search("a bank with a fountain", enc, k=4)  # evicted by the newer texts: encoded again
+    assert calls.count(["a bank with a fountain"]) == 2

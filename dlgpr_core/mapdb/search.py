@@ -7,6 +7,7 @@ fine features stored in SQLite, so no image is read or encoded at query time.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -26,6 +27,11 @@ Query = str | np.ndarray | Image.Image
 Ranking = list[tuple[float, int]]
 """(score, image id), best first."""
 
+TEXT_CACHE_SIZE = 256
+"""Query texts whose embeddings a map keeps (per encoder): the robot's search asks the map
+for the same text once per channel, an evaluation once per channel combination, and a
+re-sent retrieval request repeats its text; each encode costs a text-tower forward."""
+
 
 class MapSearch:
     """Queries against one open map; every public call holds the map's lock."""
@@ -34,6 +40,7 @@ class MapSearch:
         self.map = map_dir
         self.vectors = vectors
         self.approx = approx
+        self._texts: OrderedDict[tuple[str, str, str], tuple[np.ndarray, ...]] = OrderedDict()
 
     def search_images(
         self,
@@ -103,6 +110,31 @@ class MapSearch:
             vec = self._query_vector(query, encoder)
             return self._top_places(vec, k, approximate, max(4 * k, 32))
 
+    def _text_vector(self, text: str, encoder: Encoder) -> np.ndarray:
+        """The encoder's embedding of `text` (1 x dim), through the text cache."""
+        (vec,) = self._encoded("global", text, encoder, lambda: (encoder.encode_texts([text]),))
+        return vec
+
+    def _encoded(
+        self,
+        kind: str,
+        text: str,
+        encoder: Encoder,
+        encode: Callable[[], tuple[np.ndarray, ...]],
+    ) -> tuple[np.ndarray, ...]:
+        """`encode()`'s arrays for `text`, from an LRU cache of recent texts per encoder and
+        kind (`TEXT_CACHE_SIZE`); callers get copies, so the cache cannot be changed."""
+        key = (kind, encoder.fingerprint, text)
+        cached = self._texts.get(key)
+        if cached is None:
+            cached = tuple(np.array(a, copy=True) for a in encode())
+            self._texts[key] = cached
+            if len(self._texts) > TEXT_CACHE_SIZE:
+                self._texts.popitem(last=False)
+        else:
+            self._texts.move_to_end(key)
+        return tuple(a.copy() for a in cached)
+
     def _query_vector(self, query: Query, encoder: Encoder | None) -> np.ndarray:
         """One L2-normalised row of the map's dimension, from whatever the caller passed."""
         dim, fingerprint = self.map.dim, self.map.encoder_fingerprint
@@ -115,7 +147,7 @@ class MapSearch:
             )
         if isinstance(query, str):
             assert encoder is not None
-            vec = encoder.encode_texts([query])
+            vec = self._text_vector(query, encoder)
         elif isinstance(query, Image.Image):
             assert encoder is not None
             vec = encoder.encode_images([query.convert("RGB")])
@@ -212,7 +244,9 @@ class MapSearch:
         """`search` with fine re-ranking; places rank by their first image in the re-ranked
         list, as `encoders.evaluate.place_recall_from_embeddings` counts them."""
         self.map.check_encoder(encoder)
-        glob, tfine = encoder.encode_texts_with_fine([text])
+        glob, tfine = self._encoded(
+            "fine", text, encoder, lambda: tuple(encoder.encode_texts_with_fine([text]))
+        )
         vec = l2_normalise(np.asarray(glob, dtype=np.float32).reshape(1, self.map.dim))
         reranked: Ranking = []
 
