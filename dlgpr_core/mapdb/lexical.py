@@ -3,11 +3,12 @@
 A text embedding hears "Union Savings" as a vague money-ish phrase; the words of the map's
 evidence ('a bank whose sign reads "Union Savings"', "a bench", "cobblestones") match it
 exactly. Each place is one BM25 document (bm25s: the library, not a hand-written scorer)
-of its evidence phrases (those at least `min_confidence` sure, from one annotator), and the
-map search adds `weight` x BM25 / (the query's best BM25) to each place's cosine score: the
-sum keeps the cosine scale, so the dialogue's belief temperature still means what it meant.
-Reciprocal rank fusion is offered for comparison; it re-orders places by rank alone, so its
-scores are mapped back onto the dense scores of the same ranks.
+of its evidence phrases (those at least `min_confidence` sure, from one annotator), fused
+with the dense ranking. Reciprocal rank fusion (the default, chosen on the validation city)
+re-orders places by both rankings and maps its scores back onto the dense scores of the same
+ranks; the weighted sum adds `weight` x BM25 / (the query's best BM25) to each place's
+cosine. Either way the cosine scale stays, so the dialogue's belief temperature still means
+what it meant.
 """
 
 from __future__ import annotations
