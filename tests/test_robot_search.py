@@ -132,3 +132,23 @@ def test_a_query_text_is_encoded_once_per_map(db: MapDatabase) -> None:
         db.search(f"text {i}", enc, k=1)
     db.search("a bank with a fountain", enc, k=4)  # evicted by the newer texts: encoded again
     assert calls.count(["a bank with a fountain"]) == 2
+
+
+def test_place_gains_give_each_place_s_best_image_the_search_s_score() -> None:
+    """Image R@k shifts a place's images by what the search did to the place: its best
+    image then scores exactly the place's score, whether the search added other channels
+    (lite: place score = best cosine + channel gains) or a fine re-ranking whose place score
+    is not any image's cosine (CMPL)."""
+    from dlgpr_core.evaluation.search_recall import place_gains
+
+    images = [("a", 0.9), ("b", 0.8), ("a", 0.7), ("b", 0.6), ("c", 0.5)]
+    fused = {"b": 1.5, "a": 1.2, "c": 0.5}  # e.g. cosine + fine similarity: b ahead of a
+    gains = place_gains(images, fused)
+    assert gains == pytest.approx({"a": 0.3, "b": 0.7, "c": 0.0})
+    best: dict[str, float] = {}
+    for p, s in images:
+        best[p] = max(best.get(p, -1.0), s + gains[p])
+    assert best == pytest.approx(fused)  # each place's best image scores the place's score
+    assert image_rank(images, gains, "b") == 0  # images of b now lead, as b leads the places
+    assert image_rank(images, gains, "a") == 2  # behind both of b's (1.5 and 1.3)
+    assert place_gains(images, {"zz": 1.0}) == {}  # a place without images has no gain
