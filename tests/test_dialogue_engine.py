@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,7 @@ import pytest
 from dlgpr_core.data.annotations import PlaceAnnotation, places_by_id, read_annotations
 from dlgpr_core.dialogue.answers import DONT_KNOW
 from dlgpr_core.dialogue.engine import DialogueEngine
-from dlgpr_core.dialogue.questioners import (
-    InfoGainQuestioner,
-    RandomQuestioner,
-    candidate_questions,
-)
+from dlgpr_core.dialogue.questioners import InfoGainQuestioner, RandomQuestioner
 from dlgpr_core.dialogue.questions import (
     BUILDING_CATEGORIES,
     Question,
@@ -33,7 +30,8 @@ from dlgpr_core.dialogue.registry import make_questioner
 from dlgpr_core.dialogue.state import DialogueConfig
 from dlgpr_core.evaluation.oracle import oracle_place_evidence, oracle_source
 from dlgpr_core.evaluation.summary import summarise
-from dlgpr_core.evidence.knowledge import EvidenceSource
+from dlgpr_core.evidence.knowledge import EvidenceSource, PlaceEvidence
+from dlgpr_core.evidence.slots import STREET, slots
 from dlgpr_core.mapdb.report import PlaceHit
 from dlgpr_core.synth.city import generate_city
 from dlgpr_core.synth.vocabulary import BUILDINGS
@@ -58,6 +56,39 @@ def evidence(places: list[PlaceAnnotation]) -> EvidenceSource:
     """Oracle evidence (ground truth as image evidence): the questioners' input is exact,
     so these tests check the questioners' logic, not an annotator."""
     return oracle_source(places)
+
+
+# A pool of probes about what some places show (presence, yes/no and open attribute
+# questions), for tests that walk over many questions; the info-gain questioner scores every
+# probe of the ontology instead (`InfoGainQuestioner.probes`).
+MIN_PRESENCE = 0.2
+"""A category a candidate shows with at least this probability is worth asking about."""
+MIN_VALUE = 0.15
+"""A value at least this likely (given its category) is worth a yes/no question."""
+
+
+def candidate_questions(evidence: Sequence[PlaceEvidence]) -> list[Question]:
+    """Presence, yes/no attribute and open attribute probes about what the candidates'
+    images show (fixed order, so ties between equally good probes are deterministic)."""
+    out: dict[tuple[str, str, str | None, str | None], Question] = {}
+
+    def add(q: Question) -> None:
+        out.setdefault(q.key, q)
+
+    for ev in evidence:
+        cats = [c for c, p in ev.presence.items() if p >= MIN_PRESENCE]
+        for cat in [*cats, STREET]:
+            slot = slots().get(cat)
+            if slot is None:
+                continue
+            if cat != STREET:
+                add(presence_question(cat))
+            for attr in slot.attributes:
+                add(attribute_question(cat, attr))
+                for value, q in ev.dist(cat, attr).items():
+                    if q >= MIN_VALUE:
+                        add(attribute_question(cat, attr, value))
+    return [out[key] for key in sorted(out, key=lambda x: tuple(str(p) for p in x))]
 
 
 def _words(text: str) -> set[str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_dialogue_engine import candidate_questions
 
 from dlgpr_core.data.annotations import PlaceAnnotation, places_by_id, read_annotations
 from dlgpr_core.dialogue.answer_model import AnswerModel
@@ -24,11 +25,7 @@ from dlgpr_core.dialogue.answers import DONT_KNOW, answer_polarity, probe_of, re
 from dlgpr_core.dialogue.engine import SearchFn
 from dlgpr_core.dialogue.evidence_update import EvidenceUpdate
 from dlgpr_core.dialogue.metrics import bri, cumulative_recall_at_k
-from dlgpr_core.dialogue.questioners import (
-    InfoGainQuestioner,
-    RandomQuestioner,
-    candidate_questions,
-)
+from dlgpr_core.dialogue.questioners import InfoGainQuestioner, RandomQuestioner
 from dlgpr_core.dialogue.questions import (
     attribute_question,
     free_question,

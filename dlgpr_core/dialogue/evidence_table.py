@@ -87,6 +87,23 @@ class Rows:
     known: np.ndarray
     """(n,) bool: the place has evidence at all (without, every answer is uninformative)."""
 
+    @staticmethod
+    def stack(layout: Layout, rows: Sequence[tuple[np.ndarray, np.ndarray, bool]]) -> Rows:
+        """The table of `EvidenceTable.row` results, in their order (none: zero rows)."""
+        if not rows:
+            return Rows(
+                layout,
+                np.zeros((0, len(layout.categories))),
+                np.zeros((0, layout.width)),
+                np.zeros(0, bool),
+            )
+        return Rows(
+            layout,
+            np.stack([r[0] for r in rows]),
+            np.stack([r[1] for r in rows]),
+            np.fromiter((r[2] for r in rows), dtype=bool, count=len(rows)),
+        )
+
     def visible(self, category: str) -> np.ndarray:
         """(n,) P(category visible) per place; the street is always there."""
         if category == STREET:
@@ -150,17 +167,4 @@ class EvidenceTable:
             got.append(self._cache[pid])
         while len(self._cache) > max(self.max_cached, len(place_ids)):
             self._cache.popitem(last=False)
-        n, lay = len(got), self.layout
-        if n == 0:
-            return Rows(
-                lay,
-                np.zeros((0, len(lay.categories))),
-                np.zeros((0, lay.width)),
-                np.zeros(0, bool),
-            )
-        return Rows(
-            lay,
-            np.stack([g[0] for g in got]),
-            np.stack([g[1] for g in got]),
-            np.fromiter((g[2] for g in got), dtype=bool, count=n),
-        )
+        return Rows.stack(self.layout, got)

@@ -21,37 +21,7 @@ from dlgpr_core.dialogue.evidence_table import EvidenceTable, Rows
 from dlgpr_core.dialogue.questions import Question, attribute_question, presence_question
 from dlgpr_core.dialogue.state import DEFAULT_TEMPERATURE, DialogueState
 from dlgpr_core.evidence.knowledge import EvidenceSource, PlaceEvidence
-from dlgpr_core.evidence.slots import STREET, slots
-
-MIN_PRESENCE = 0.2
-"""A category a candidate shows with at least this probability is worth asking about."""
-MIN_VALUE = 0.15
-"""A value at least this likely (given its category) is worth a yes/no question."""
-
-
-def candidate_questions(evidence: Sequence[PlaceEvidence]) -> list[Question]:
-    """Presence, yes/no attribute and open attribute probes about what the candidates'
-    images show (fixed order, so ties between equally good probes are deterministic)."""
-    out: dict[tuple[str, str, str | None, str | None], Question] = {}
-
-    def add(q: Question) -> None:
-        out.setdefault(q.key, q)
-
-    for ev in evidence:
-        cats = [c for c, p in ev.presence.items() if p >= MIN_PRESENCE]
-        for cat in [*cats, STREET]:
-            slot = slots().get(cat)
-            if slot is None:
-                continue
-            if cat != STREET:
-                add(presence_question(cat))
-            for attr in slot.attributes:
-                add(attribute_question(cat, attr))
-                for value, q in ev.dist(cat, attr).items():
-                    if q >= MIN_VALUE:
-                        add(attribute_question(cat, attr, value))
-    return [out[key] for key in sorted(out, key=lambda x: tuple(str(p) for p in x))]
-
+from dlgpr_core.evidence.slots import STREET
 
 Objective = Literal["entropy", "correct"]
 """What a question is chosen to minimise: the expected entropy of the belief after the answer
@@ -142,13 +112,7 @@ class InfoGainQuestioner:
     ) -> float:
         """sum over answers a of P(a) * H(belief | a), P(a | place) from the answer model
         (the questioner's objective for places given directly, e.g. in a test)."""
-        rows = [self.table.row(ev) for ev in evidence]
-        table = Rows(
-            self.table.layout,
-            np.stack([r[0] for r in rows]),
-            np.stack([r[1] for r in rows]),
-            np.array([r[2] for r in rows], dtype=bool),
-        )
+        table = Rows.stack(self.table.layout, [self.table.row(ev) for ev in evidence])
         b = np.asarray(belief, dtype=np.float64)
         return self._score(b[:, None] * self._columns(question, table))
 
