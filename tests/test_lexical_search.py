@@ -11,9 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_mapdb import HistogramEncoder, make_dataset
+from test_mapdb import HistogramEncoder, built_map
 
-from dlgpr_core.data.generic import scan_csv
 from dlgpr_core.mapdb import MapDatabase
 from dlgpr_core.mapdb.evidence import EvidenceItem
 from dlgpr_core.mapdb.lexical import LexicalIndex, LexicalSpec
@@ -23,9 +22,7 @@ SIGNS = {"p0": "Union Savings", "p1": "Tool Depot", "p2": "Golden Crust", "p3": 
 
 @pytest.fixture
 def db(tmp_path: Path) -> MapDatabase:
-    enc = HistogramEncoder()
-    db = MapDatabase.create(tmp_path / "map", enc.fingerprint, enc.dim)
-    db.build(scan_csv(make_dataset(tmp_path / "ds", places=4)), enc, progress=False)
+    db = built_map(tmp_path, places=4)
     rows = db.image_rows(list(range(1, 13)))
     results = [
         (
@@ -108,9 +105,7 @@ def test_the_first_annotation_turns_the_channel_on_unless_switched_off(tmp_path:
     CLI, the evaluation), over the first annotator's evidence; the user's "off" is kept."""
     from test_evidence_store import ColourAnnotator
 
-    enc = HistogramEncoder()
-    db = MapDatabase.create(tmp_path / "map", enc.fingerprint, enc.dim)
-    db.build(scan_csv(make_dataset(tmp_path / "ds", places=3)), enc, progress=False)
+    db = built_map(tmp_path, places=3)
     assert db.lexical_spec() is None
     assert db.info().lexical.startswith("off")
     db.annotate(ColourAnnotator(), batch_size=4, progress=False)

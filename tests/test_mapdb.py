@@ -97,6 +97,14 @@ def new_map(tmp_path: Path, encoder: Encoder) -> MapDatabase:
     return MapDatabase.create(tmp_path / "map", encoder.fingerprint, encoder.dim)
 
 
+def built_map(tmp_path: Path, places: int) -> MapDatabase:
+    """A `HistogramEncoder` map of `make_dataset`'s `places` x 3 images (ids 1, 2, ...)."""
+    enc = HistogramEncoder()
+    db = new_map(tmp_path, enc)
+    db.build(scan_csv(make_dataset(tmp_path / "ds", places=places)), enc, progress=False)
+    return db
+
+
 def test_encoder_fixture_satisfies_protocol() -> None:
     assert isinstance(HistogramEncoder(), Encoder)
 

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_mapdb import HistogramEncoder, make_dataset
+from test_mapdb import HistogramEncoder, built_map
 
-from dlgpr_core.data.generic import scan_csv
 from dlgpr_core.dialogue.answer_model import AnswerModel
 from dlgpr_core.dialogue.search import RobotSearch
 from dlgpr_core.evaluation.search_recall import image_rank, pessimistic_rank
@@ -31,9 +30,7 @@ SHOWS = {"p0": "bakery", "p1": "bakery", "p2": "bank", "p3": "bakery"}
 
 @pytest.fixture
 def db(tmp_path: Path) -> MapDatabase:
-    enc = HistogramEncoder()
-    db = MapDatabase.create(tmp_path / "map", enc.fingerprint, enc.dim)
-    db.build(scan_csv(make_dataset(tmp_path / "ds", places=4)), enc, progress=False)
+    db = built_map(tmp_path, places=4)
     rows = db.image_rows(list(range(1, 13)))
     results = []
     for i, r in rows.items():
