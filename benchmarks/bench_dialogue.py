@@ -637,6 +637,20 @@ def _row(
     return {"ros": round(a, 4), "direct": round(b, 4), "ratio": round(_ratio(a, b), 3)}
 
 
+def _rounds(table: Table, figures: RoundFigures, label: str) -> dict[str, Any]:
+    """The counts of one graph's rounds and its answer -> next question rows (p50, p95)."""
+    out: dict[str, Any] = {
+        "dialogues": figures.dialogues,
+        "answered_rounds": figures.rounds,
+        "dialogues_with_same_questions": figures.same_questions,
+    }
+    for q in (50, 95):
+        out[f"round_ms_p{q}"] = _row(
+            table, label, figures.ros_round_ms, figures.direct_round_ms, q, "ms"
+        )
+    return out
+
+
 def table_markdown(table: Table) -> str:
     """The report's rich table as a Markdown table (for docs/results next to the JSON)."""
     columns = list(table.columns)
@@ -667,33 +681,16 @@ def report(
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     out: dict[str, Any] = {}
     if rounds is not None:
-        r = out["rounds"] = {
-            "dialogues": rounds.dialogues,
-            "answered_rounds": rounds.rounds,
-            "dialogues_with_same_questions": rounds.same_questions,
-            "settings": rounds.settings,
-        }
-        for q in (50, 95):
-            r[f"round_ms_p{q}"] = _row(
-                table, "answer -> next question (ms)", rounds.ros_round_ms,
-                rounds.direct_round_ms, q, "ms",
-            )  # fmt: skip
+        r = out["rounds"] = _rounds(table, rounds, "answer -> next question (ms)")
+        r["settings"] = rounds.settings
         r["start_ms_p50"] = _row(
             table, "d0 -> first question (ms)", rounds.ros_start_ms, rounds.direct_start_ms,
             50, "ms",
         )  # fmt: skip
     if base is not None:
-        b = out["rounds_baseline"] = {
-            "graph": "one MultiThreadedExecutor (4 threads), questioner without read-ahead",
-            "dialogues": base.dialogues,
-            "answered_rounds": base.rounds,
-            "dialogues_with_same_questions": base.same_questions,
-        }
-        for q in (50, 95):
-            b[f"round_ms_p{q}"] = _row(
-                table, "  baseline graph: answer -> next question (ms)", base.ros_round_ms,
-                base.direct_round_ms, q, "ms",
-            )  # fmt: skip
+        out["rounds_baseline"] = {
+            "graph": "one MultiThreadedExecutor (4 threads), questioner without read-ahead"
+        } | _rounds(table, base, "  baseline graph: answer -> next question (ms)")
     if speech is not None:
         s = out["speech"] = {
             "sentences": speech.sentences,
