@@ -328,7 +328,13 @@ def map_query(
                 f"note: the map has no {annotator!r} evidence, so the evidence channel is off "
                 f"(`dlgpr map evidence --map {map_dir} --annotator {annotator}`)"
             )
-    search = RobotSearch(db, enc, source, channels=wanted, approximate=approximate)
+    search = RobotSearch(
+        db,
+        enc,
+        source,
+        channels=wanted,
+        approximate=approximate,  # type: ignore[arg-type]
+    )
     hits = search(text, k)
     if as_json:
         sys.stdout.write(json.dumps([h.__dict__ for h in hits], indent=2) + "\n")

@@ -24,6 +24,7 @@ from dlgpr_core.dialogue.state import DEFAULT_TEMPERATURE
 from dlgpr_core.encoders.base import Encoder
 from dlgpr_core.evidence.knowledge import EvidenceSource
 from dlgpr_core.mapdb.database import MapDatabase
+from dlgpr_core.mapdb.index import ApproxKind
 from dlgpr_core.mapdb.lexical import LexicalSpec
 from dlgpr_core.mapdb.report import PlaceHit
 
@@ -48,7 +49,7 @@ class RobotSearch:
         lexical: LexicalSpec | None = None,
         temperature: float = DEFAULT_TEMPERATURE,
         pool: int = 1000,
-        approximate: str | None = None,
+        approximate: ApproxKind | None = None,
     ) -> None:
         unknown = [c for c in channels if c not in CHANNELS]
         if unknown or "dense" not in channels:
@@ -71,7 +72,7 @@ class RobotSearch:
             self.encoder,
             k=max(k, self.pool),
             lexical=lexical,
-            approximate=self.approximate,  # type: ignore[arg-type]
+            approximate=self.approximate,
         )
         if "evidence" in self.channels and self.update is not None:
             hits = self.update(hits, [], [], description=text)
