@@ -149,3 +149,31 @@ def test_place_gains_give_each_place_s_best_image_the_search_s_score() -> None:
     assert image_rank(images, gains, "b") == 0  # images of b now lead, as b leads the places
     assert image_rank(images, gains, "a") == 2  # behind both of b's (1.5 and 1.3)
     assert place_gains(images, {"zz": 1.0}) == {}  # a place without images has no gain
+
+
+def test_bad_channel_and_row_names_are_refused_before_any_map_is_touched(
+    db: MapDatabase, tmp_path: Path
+) -> None:
+    """`dlgpr map query --channels` and `dlgpr retriever search-eval --rows` name what is
+    wrong and what to choose from, before a map is opened, built or annotated."""
+    from typer.testing import CliRunner
+
+    from dlgpr_core.cli import app
+
+    runner = CliRunner()
+    before = db.info().render()
+    query = runner.invoke(
+        app, ["map", "query", "a bank", "--map", str(db.directory), "--channels", "telepathy"]
+    )
+    assert isinstance(query.exception, ValueError)
+    assert "must include 'dense'" in str(query.exception) and "telepathy" in str(query.exception)
+    assert MapDatabase.open(db.directory).info().render() == before
+    maps = tmp_path / "maps"
+    ev = runner.invoke(
+        app,
+        ["retriever", "search-eval", "--data", str(tmp_path), "--cities", "Nowhere",
+         "--maps", str(maps), "--rows", "dense,telepathy"],
+    )  # fmt: skip
+    assert isinstance(ev.exception, ValueError) and "telepathy" in str(ev.exception)
+    assert "dense+lexical+evidence" in str(ev.exception)  # what to choose from
+    assert not maps.exists()  # nothing was built or annotated

@@ -311,11 +311,12 @@ def map_query(
     """Static retrieval: the top places for a description, with scores and positions,
     through the robot's channels (dense, the lexical channel the map records, and the
     description read against each place's image evidence)."""
-    from dlgpr_core.dialogue.search import RobotSearch
+    from dlgpr_core.dialogue.search import RobotSearch, check_channels
     from dlgpr_core.evidence.knowledge import EvidenceSource
 
-    db, enc = map_and_encoder(map_dir, encoder, checkpoint)
     wanted = [c.strip() for c in channels.split(",") if c.strip()]
+    check_channels(wanted)
+    db, enc = map_and_encoder(map_dir, encoder, checkpoint)
     spec = db.lexical_spec()
     annotator = evidence or (spec.annotator if spec else "learned")
     source = None

@@ -31,6 +31,13 @@ from dlgpr_core.mapdb.report import PlaceHit
 CHANNELS = ("dense", "lexical", "evidence")
 
 
+def check_channels(channels: Sequence[str]) -> None:
+    """Refuses a channel list the search cannot run (callers check before loading a map)."""
+    unknown = [c for c in channels if c not in CHANNELS]
+    if unknown or "dense" not in channels:
+        raise ValueError(f"channels must include 'dense' and come from {CHANNELS}: {channels}")
+
+
 class RobotSearch:
     """Search a map with the chosen channels (`CHANNELS`); see the module docstring.
 
@@ -51,9 +58,7 @@ class RobotSearch:
         pool: int = 1000,
         approximate: ApproxKind | None = None,
     ) -> None:
-        unknown = [c for c in channels if c not in CHANNELS]
-        if unknown or "dense" not in channels:
-            raise ValueError(f"channels must include 'dense' and come from {CHANNELS}: {channels}")
+        check_channels(channels)
         if "evidence" in channels and evidence is None:
             raise ValueError("the evidence channel needs the map's evidence (EvidenceSource)")
         self.db = db
