@@ -8,6 +8,7 @@ facade is red (0.6) or brown (0.3) given that it is there.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from dlgpr_core.dialogue.questioners import InfoGainQuestioner
 from dlgpr_core.dialogue.questions import Question, attribute_question, presence_question
 from dlgpr_core.evidence.knowledge import EvidenceSource, PlaceEvidence
 from dlgpr_core.evidence.slots import values
+from dlgpr_core.mapdb.evidence import ImageEvidence
 
 BANK = PlaceEvidence(
     presence={"bank": 0.8}, values={("bank", "colour"): {"red": 0.6, "brown": 0.3}}
@@ -111,6 +113,27 @@ def test_expected_entropy_by_hand() -> None:
     # a question neither place can answer differently leaves the entropy where it was
     tree = presence_question("tree")
     assert ig.expected_entropy(tree, [none, none], [0.5, 0.5]) == pytest.approx(math.log(2))
+
+
+def test_questioner_and_update_share_one_table_per_source() -> None:
+    """The questioner and the answer update of one engine read the same candidates: each
+    place's evidence row is built once per source and answer model, not once per reader."""
+    loads: list[list[str]] = []
+
+    def load(ids: Sequence[str]) -> dict[str, list[ImageEvidence]]:
+        loads.append(list(ids))
+        return {}
+
+    source = EvidenceSource(load)
+    ig = InfoGainQuestioner(source, answer_model=MODEL)
+    update = EvidenceUpdate(source, answer_model=MODEL)
+    assert ig.table is update.table
+    ig.table.rows(["a", "b"])
+    update.table.rows(["b", "a"])
+    assert loads == [["a", "b"]]
+    # another answer model, or another source, gets a table of its own
+    assert InfoGainQuestioner(source, answer_model=AnswerModel()).table is not ig.table
+    assert EvidenceUpdate(EvidenceSource(load), answer_model=MODEL).table is not ig.table
 
 
 def test_descriptions_are_read_as_observations() -> None:

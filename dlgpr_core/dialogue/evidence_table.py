@@ -8,11 +8,15 @@ slot's values, filled exactly as the answer model fills what an annotator left o
 (`AnswerModel.value_distribution`), so planning and the answer update use the same numbers.
 Rows are cached per place (evidence does not change during a dialogue, and candidates recur
 across rounds and dialogues), least recently used first out, so memory stays bounded on a
-city-sized map.
+city-sized map. The questioner and the answer update of one dialogue read the same
+candidates, so they share one table per evidence source and answer model (`shared_table`):
+each row is computed once in a process, not once per reader.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -135,6 +139,7 @@ class EvidenceTable:
         self.layout = layout or Layout.of_ontology()
         self.max_cached = max_cached
         self._cache: OrderedDict[str, tuple[np.ndarray, np.ndarray, bool]] = OrderedDict()
+        self._lock = threading.Lock()
 
     def row(self, ev: PlaceEvidence | None) -> tuple[np.ndarray, np.ndarray, bool]:
         """One place's (presence, values, known) row."""
@@ -157,14 +162,36 @@ class EvidenceTable:
         return presence, values, True
 
     def rows(self, place_ids: Sequence[str]) -> Rows:
-        missing = [p for p in dict.fromkeys(place_ids) if p not in self._cache]
-        if missing:
-            for pid, ev in zip(missing, self.source.get_many(missing), strict=True):
-                self._cache[pid] = self.row(ev)
-        got = []
-        for pid in place_ids:
-            self._cache.move_to_end(pid)
-            got.append(self._cache[pid])
-        while len(self._cache) > max(self.max_cached, len(place_ids)):
-            self._cache.popitem(last=False)
+        """The rows of `place_ids`, in their order (a shared table may be read from two
+        threads, e.g. nodes of one process, so the cache is updated under a lock)."""
+        with self._lock:
+            missing = [p for p in dict.fromkeys(place_ids) if p not in self._cache]
+            if missing:
+                for pid, ev in zip(missing, self.source.get_many(missing), strict=True):
+                    self._cache[pid] = self.row(ev)
+            got = []
+            for pid in place_ids:
+                self._cache.move_to_end(pid)
+                got.append(self._cache[pid])
+            while len(self._cache) > max(self.max_cached, len(place_ids)):
+                self._cache.popitem(last=False)
         return Rows.stack(self.layout, got)
+
+
+_SHARED: weakref.WeakKeyDictionary[EvidenceSource, list[EvidenceTable]] = (
+    weakref.WeakKeyDictionary()
+)
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_table(source: EvidenceSource, model: AnswerModel) -> EvidenceTable:
+    """The one `EvidenceTable` of `source` under `model` (an equal model shares it) in this
+    process; it lives as long as the source does."""
+    with _SHARED_LOCK:
+        tables = _SHARED.setdefault(source, [])
+        for table in tables:
+            if table.model == model:
+                return table
+        table = EvidenceTable(source, model)
+        tables.append(table)
+        return table

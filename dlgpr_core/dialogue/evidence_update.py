@@ -23,7 +23,7 @@ import numpy as np
 
 from dlgpr_core.dialogue.answer_model import AnswerModel
 from dlgpr_core.dialogue.answers import Outcome, described, probe_of, read_answer
-from dlgpr_core.dialogue.evidence_table import EvidenceTable
+from dlgpr_core.dialogue.evidence_table import shared_table
 from dlgpr_core.dialogue.questions import Question
 from dlgpr_core.dialogue.state import DEFAULT_TEMPERATURE
 from dlgpr_core.evidence.knowledge import EvidenceSource
@@ -57,7 +57,7 @@ class EvidenceUpdate:
         self.temperature = temperature
         self.model = answer_model or AnswerModel()
         self.use_description = use_description
-        self.table = EvidenceTable(evidence, self.model)
+        self.table = shared_table(evidence, self.model)
 
     def log_likelihoods(
         self, place_ids: Sequence[str], seen: Sequence[tuple[Question, Outcome]]

@@ -17,7 +17,7 @@ import numpy as np
 from dlgpr_core.dialogue.answer_model import AnswerModel
 from dlgpr_core.dialogue.answers import settled
 from dlgpr_core.dialogue.belief import softmax_belief
-from dlgpr_core.dialogue.evidence_table import EvidenceTable, Rows
+from dlgpr_core.dialogue.evidence_table import Rows, shared_table
 from dlgpr_core.dialogue.questions import Question, attribute_question, presence_question
 from dlgpr_core.dialogue.state import DEFAULT_TEMPERATURE, DialogueState
 from dlgpr_core.evidence.knowledge import EvidenceSource, PlaceEvidence
@@ -63,7 +63,7 @@ class InfoGainQuestioner:
         self.open_questions = open_questions
         self.model = answer_model or AnswerModel()
         self.objective = objective
-        self.table = EvidenceTable(evidence, self.model)
+        self.table = shared_table(evidence, self.model)
 
     def _belief(self, state: DialogueState) -> tuple[list[str], np.ndarray]:
         """The places planned over and their belief (renormalised when narrowed)."""
