@@ -297,3 +297,86 @@ def test_shipped_annotator_sees_a_new_city(
         precision, recall = row.precision, row.recall
         assert precision is not None and recall is not None, (name, row)
         assert precision >= floor and recall >= floor - 0.2, (name, row)
+
+
+def test_kind_fusion_by_hand_and_through_json() -> None:
+    """The reader's building kinds fused into presence: sigmoid(w_h logit(p) + w_r
+    logit(s) + b) for a fitted category, the heads' presence for the others; an asset
+    from before the fusion (no "kinds") keeps the heads alone."""
+    from dlgpr_core.evidence.learned.decode import Calibration
+
+    cal = Calibration(kinds={"bank": (1.0, 2.0, -1.0)})
+    presence = np.array([[0.5, 0.2], [0.1, 0.9]])
+    scores = np.array([[0.8, 0.9], [0.5, 0.1]])
+    fused = cal.fuse_kinds(presence, scores, ["bank", "tree"])
+    z = 2.0 * np.log(0.8 / 0.2) - 1.0  # logit(0.5) = 0
+    assert fused[0, 0] == pytest.approx(1.0 / (1.0 + np.exp(-z)))
+    assert fused[1, 0] == pytest.approx(1.0 / (1.0 + np.exp(-(np.log(0.1 / 0.9) - 1.0))))
+    assert fused[:, 1] == pytest.approx(presence[:, 1])  # not fitted: the heads alone
+    assert presence[0, 0] == 0.5  # the input is not modified
+    assert Calibration().fuse_kinds(presence, scores, ["bank", "tree"]) is presence
+    assert cal.fuse_kinds(presence, None, ["bank", "tree"]) is presence
+    again = Calibration.from_json(cal.to_json())
+    assert again.kinds == {"bank": (1.0, 2.0, -1.0)}
+    assert Calibration.from_json({"presence": {}, "temperature": {}}).kinds == {}
+
+
+def test_fit_kinds_learns_which_reading_tells_the_kind() -> None:
+    """On places where the reader's score tells the kind and the heads' presence is noise,
+    the fit leans on the reader; it groups images by place (largest over views), and a
+    category every place has (or none has) is left to the heads."""
+    from dlgpr_core.evidence.learned.calibration import fit_kinds
+
+    rng = np.random.default_rng(0)
+    n_places, views = 200, 2
+    has = rng.random(n_places) < 0.4
+    place_ids = [f"p{i}" for i in range(n_places) for _ in range(views)]
+    presence = rng.uniform(0.05, 0.95, size=(n_places * views, 2))  # noise for both
+    scores = np.full((n_places * views, 2), 0.05)
+    # the kind shows in one view of each place that has it
+    for i in np.flatnonzero(has):
+        scores[i * views + 1, 0] = rng.uniform(0.6, 0.95)
+    present = np.zeros((n_places * views, 2), dtype=bool)
+    present[::views, 0] = np.repeat(has, 1)  # visible in the other view: grouped by place
+    present[:, 1] = True  # every place shows the second category
+    fitted = fit_kinds(presence, scores, present, place_ids, ["bank", "tree"])
+    assert set(fitted) == {"bank"}
+    w_heads, w_reader, _ = fitted["bank"]
+    assert w_reader > 1.0 and abs(w_heads) < 0.5 * w_reader
+    from dlgpr_core.evidence.learned.decode import Calibration
+
+    fused = Calibration(kinds=fitted).fuse_kinds(presence, scores, ["bank", "tree"])
+    best = fused[:, 0].reshape(n_places, views).max(axis=1)
+    assert best[has].min() > best[~has].max()  # the fused presence separates the places
+
+
+def test_shipped_reader_reads_building_kinds(
+    shipped: LearnedAnnotator, tiny_city: Path, single_thread: None
+) -> None:
+    """Plumbing of the reader's kind scores and of an annotator that fuses them (a made-up
+    fusion; not quality): one score in [0, 1] per image and category, zero for categories
+    without names, and the fused annotator still gives valid items."""
+    import copy
+
+    import torch
+
+    from dlgpr_core.evidence.learned.decode import kind_scores
+
+    paths = sorted((tiny_city / "Images" / "Evidenceton").glob("*.jpg"))[:3]
+    images = [Image.open(p).convert("RGB") for p in paths]
+    with torch.inference_mode():
+        batch = shipped.tower.preprocess(images)
+        scores = kind_scores(shipped.heads, batch, shipped.heads(shipped.tower(batch)))
+    assert scores is not None and scores.shape == (3, len(shipped.vocab.categories))
+    assert ((scores >= 0) & (scores <= 1)).all()
+    unnamed = [
+        k
+        for k, c in enumerate(shipped.vocab.categories)
+        if "name" not in shipped.vocab.category_values[c]
+    ]
+    assert unnamed and (scores[:, unnamed] == 0).all()
+    fused = copy.copy(shipped)
+    fused.calibration = copy.deepcopy(shipped.calibration)
+    fused.calibration.kinds = {"bank": (1.0, 3.0, 0.0), "bakery": (0.5, 2.0, -1.0)}
+    for im, items in zip(images, fused.annotate(images), strict=True):
+        _check_items(items, im.size)

@@ -21,7 +21,14 @@ from safetensors.torch import load_file
 from dlgpr_core.mapdb.evidence import EvidenceItem
 
 from .config import DecodeConfig, HeadsConfig
-from .decode import NAME, Calibration, read_outputs, reading_items, sign_logits
+from .decode import (
+    NAME,
+    Calibration,
+    kind_scores,
+    read_outputs,
+    reading_items,
+    sign_logits,
+)
 from .features import FrozenTower
 from .model import EvidenceHeads
 from .vocab import LabelVocab
@@ -108,8 +115,13 @@ class LearnedAnnotator:
                 chunk = idx[s : s + self.batch_size]
                 batch = self.tower.preprocess([rgb[i] for i in chunk]).to(self.device)
                 out = self.heads(self.tower(batch))
-                presence = self.calibration.presence_probs(
-                    torch.softmax(out.classes, 1)[:, 1:].flatten(2).amax(-1).numpy(),
+                kinds = kind_scores(self.heads, batch, out) if self.calibration.kinds else None
+                presence = self.calibration.fuse_kinds(
+                    self.calibration.presence_probs(
+                        torch.softmax(out.classes, 1)[:, 1:].flatten(2).amax(-1).numpy(),
+                        self.vocab.categories,
+                    ),
+                    kinds,
                     self.vocab.categories,
                 )
                 which = torch.from_numpy(presence >= self.decode.presence_floor) & self._named
@@ -120,6 +132,7 @@ class LearnedAnnotator:
                     [size] * len(chunk),
                     floor=self.decode.presence_floor,
                     signs=sign_logits(self.heads, batch, out, which),
+                    kinds=kinds,
                 )
                 for i, r in zip(chunk, readings, strict=True):
                     results[i] = reading_items(r, self.vocab, self.decode)

@@ -1,7 +1,10 @@
-"""Fitting the calibration on the validation city: presence (Platt scaling per category)
-and a temperature per attribute head and street head (`decode.Calibration`)."""
+"""Fitting the calibration on the validation city: presence (Platt scaling per category),
+a temperature per attribute head and street head, and the fusion of the sign reader's
+building kinds into presence (`fit_kinds`) (`decode.Calibration`)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -33,6 +36,68 @@ def fit_platt(raw: np.ndarray, present: np.ndarray, l2: float = 1e-3) -> tuple[f
     opt.step(closure)
     a, b = ab.detach().tolist()
     return float(a), float(b)
+
+
+def fit_kinds(
+    presence: np.ndarray,
+    scores: np.ndarray,
+    present: np.ndarray,
+    place_ids: Sequence[str],
+    categories: Sequence[str],
+    l2: float = 1e-3,
+) -> dict[str, tuple[float, float, float]]:
+    """Per category with reader scores, (w_heads, w_reader, bias) of the logistic fusion
+    `Calibration.fuse_kinds`, fitted on places: each place's largest calibrated presence
+    and largest kind score over its images (N, K each) against whether any of its images
+    shows the category (`present`, N x K). Fitted on places, applied per image, because the
+    robot's place evidence is the largest over its views (`knowledge.py`): the fusion must
+    tell which places have the kind, whichever view shows it. Categories without reader
+    scores, or whose places are all alike, are left to the heads."""
+    order = {p: i for i, p in enumerate(dict.fromkeys(place_ids))}
+    group = np.array([order[p] for p in place_ids])
+    n = len(order)
+
+    def per_place(x: np.ndarray) -> np.ndarray:
+        out = np.full((n, x.shape[1]), -np.inf)
+        np.maximum.at(out, group, x)
+        return out
+
+    h, r, y = per_place(presence), per_place(scores), per_place(present.astype(np.float64))
+    fitted: dict[str, tuple[float, float, float]] = {}
+    for k, cat in enumerate(categories):
+        if not (r[:, k] > 0).any() or y[:, k].min() == y[:, k].max():
+            continue
+        x = np.stack([_logit_clip(h[:, k]), _logit_clip(r[:, k])], axis=1)
+        fitted[cat] = _fit_logistic(x, y[:, k], prior=(1.0, 0.0, 0.0), l2=l2)
+    return fitted
+
+
+def _fit_logistic(
+    x: np.ndarray, y: np.ndarray, prior: tuple[float, float, float], l2: float
+) -> tuple[float, float, float]:
+    """(w1, w2, b) minimising the BCE of sigmoid(x @ (w1, w2) + b), pulled lightly to
+    `prior` (there: the heads alone)."""
+    xt = torch.from_numpy(x.astype(np.float64))
+    yt = torch.from_numpy(y.astype(np.float64))
+    p0 = torch.tensor(prior, dtype=torch.float64)
+    w = p0.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([w], lr=0.5, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(xt @ w[:2] + w[2], yt)
+        loss = loss + l2 * ((w - p0) ** 2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    a, b, c = w.detach().tolist()
+    return float(a), float(b), float(c)
+
+
+def _logit_clip(p: np.ndarray) -> np.ndarray:
+    q = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.asarray(np.log(q) - np.log1p(-q))
 
 
 TEMPERATURES = np.geomspace(0.1, 10.0, 41)

@@ -112,6 +112,9 @@ class EvidenceTrainConfig(_Strict):
     heads_from: Path | None = None
     """A run directory whose trained heads to reuse instead of training them (the sign
     reader and the calibration are still trained and fitted here)."""
+    fuse_kinds: bool = True
+    """Fit the fusion of the sign reader's building kinds into presence on the validation
+    city (`calibration.fit_kinds`); False ships the heads' presence alone."""
 
     # bookkeeping
     out_dir: Path = Path("runs/evidence_lite")

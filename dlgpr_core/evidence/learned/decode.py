@@ -50,6 +50,11 @@ class Calibration:
     """category -> (a, b): P = sigmoid(a * logit(max cell probability) + b)."""
     temperature: dict[str, float] = field(default_factory=dict)
     """attribute (or ``street.<attribute>``) -> softmax temperature."""
+    kinds: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    """building category -> (w_heads, w_reader, bias): its presence fused with the sign
+    reader's reading of the kind (`kind_scores`), P = sigmoid(w_heads * logit(calibrated
+    presence) + w_reader * logit(kind score) + bias), fitted on the validation city's places
+    (`calibration.fit_kinds`); empty: the heads alone (assets from before it)."""
 
     def presence_probs(self, raw: np.ndarray, categories: Sequence[str]) -> np.ndarray:
         """(N, K) raw maxima -> calibrated probabilities."""
@@ -58,10 +63,26 @@ class Calibration:
         b = np.array([self.presence.get(c, (1.0, 0.0))[1] for c in categories])
         return np.asarray(1.0 / (1.0 + np.exp(-(a * z + b))))
 
+    def fuse_kinds(
+        self, presence: np.ndarray, scores: np.ndarray | None, categories: Sequence[str]
+    ) -> np.ndarray:
+        """(N, K) calibrated presence with the building kinds the reader saw fused in (a
+        copy; unchanged without `kinds` or scores)."""
+        if not self.kinds or scores is None:
+            return presence
+        out = np.array(presence, dtype=np.float64, copy=True)
+        for k, cat in enumerate(categories):
+            w = self.kinds.get(cat)
+            if w is not None:
+                z = w[0] * _logit(presence[:, k]) + w[1] * _logit(scores[:, k]) + w[2]
+                out[:, k] = 1.0 / (1.0 + np.exp(-z))
+        return out
+
     def to_json(self) -> dict[str, Any]:
         return {
             "presence": {c: list(ab) for c, ab in self.presence.items()},
             "temperature": dict(self.temperature),
+            "kinds": {c: list(w) for c, w in self.kinds.items()},
         }
 
     @classmethod
@@ -69,6 +90,10 @@ class Calibration:
         return cls(
             presence={c: (float(a), float(b)) for c, (a, b) in data.get("presence", {}).items()},
             temperature={k: float(t) for k, t in data.get("temperature", {}).items()},
+            kinds={
+                c: (float(wh), float(wr), float(b))
+                for c, (wh, wr, b) in data.get("kinds", {}).items()
+            },
         )
 
 
@@ -121,15 +146,20 @@ def read_outputs(
     floor: float | None = None,
     boxes: bool = True,
     signs: torch.Tensor | None = None,
+    kinds: np.ndarray | None = None,
 ) -> list[ImageReading]:
     """One `ImageReading` per image of the batch; `sizes` are (width, height). Attributes
     are read for categories whose calibrated presence is >= `floor` (None: all). `signs`:
     the sign reader's name logits (B, K, names) from `sign_logits`, combined with the heads'
-    name distribution as ``model.config.reader.combine`` says (rows of zeros = not read)."""
+    name distribution as ``model.config.reader.combine`` says (rows of zeros = not read).
+    `kinds`: the reader's kind scores (B, K) from `kind_scores`, fused into the presence
+    of building categories as ``calibration.kinds`` says."""
     vocab = model.vocab
     probs = torch.softmax(outputs.classes.float(), dim=1)  # (B, K+1, H, W)
     raw = probs[:, 1:].flatten(2).amax(-1).cpu().numpy()  # (B, K)
-    presence = calibration.presence_probs(raw, vocab.categories)
+    presence = calibration.fuse_kinds(
+        calibration.presence_probs(raw, vocab.categories), kinds, vocab.categories
+    )
     log_p = torch.log(probs[:, 1:].clamp_min(EPS))  # (B, K, H, W): one group per category
     pooled: dict[str, np.ndarray] = {}
     for attr, logits in outputs.attributes.items():
@@ -225,6 +255,45 @@ def sign_logits(
     )
     out[pairs[:, 0], pairs[:, 1]] = pooled.float()
     return out
+
+
+@torch.no_grad()
+def kind_scores(
+    model: EvidenceHeads, images: torch.Tensor, outputs: HeadOutputs
+) -> np.ndarray | None:
+    """(B, K) per image and category, the reader's strongest reading of any of that
+    category's names anywhere along the image's sign strip: the largest, over the strip's
+    positions, of P(name) x sigmoid(attention), then over the category's names (0 for a
+    category without names). None without a reader.
+
+    The reader predicts over every building's names and names are distinct per kind, so
+    this says which kinds of building the image shows, which the heads, seeing the sign on a
+    16-pixel grid, tell poorly. One strip per image, at the median peak row of the name
+    attention over every named category (`sign_logits` places it over the categories it
+    reads)."""
+    reader = model.reader
+    if reader is None or NAME not in outputs.attention:
+        return None
+    vocab = model.vocab
+    b, _, rows, cols = outputs.classes.shape
+    scores = np.zeros((b, len(vocab.categories)))
+    named = torch.tensor([NAME in vocab.category_values[c] for c in vocab.categories])
+    if b == 0 or not bool(named.any()):
+        return scores
+    log_p = torch.log(torch.softmax(outputs.classes.float(), 1)[:, 1:].clamp_min(EPS))
+    row, _ = strip_rows(outputs.attention[NAME].float(), log_p, named.expand(b, -1))
+    height, width = images.shape[-2:]
+    _, sy = grid_cell_size(width, height, rows, cols)
+    strips = cut_strips(images, ((row.float() + 0.5) * sy).long(), reader.config.strip_height)
+    logits, attention = reader(strips)
+    read = torch.softmax(logits.float(), 1) * torch.sigmoid(attention.float()).unsqueeze(1)
+    best = read.amax(-1).cpu().numpy()  # (B, names)
+    column = {v: j for j, v in enumerate(vocab.attributes[NAME])}
+    for k, cat in enumerate(vocab.categories):
+        idx = [column[v] for v in vocab.category_values[cat].get(NAME, ()) if v in column]
+        if idx:
+            scores[:, k] = best[:, idx].max(axis=1)
+    return scores
 
 
 def _likeliest(

@@ -24,7 +24,7 @@ from PIL import Image
 from .calibration import TEMPERATURES
 from .config import DecodeConfig, EvidenceTrainConfig
 from .dataset import CityData
-from .decode import EPS, NAME, Calibration, sign_logits
+from .decode import EPS, NAME, Calibration, kind_scores, sign_logits
 from .features import FrozenTower
 from .grid import grid_cell_size
 from .model import NEG, EvidenceHeads, HeadOutputs
@@ -69,6 +69,23 @@ def city_signs(
         assert logits is not None
         parts.append(logits)
     return torch.cat(parts)
+
+
+def city_kinds(
+    model: EvidenceHeads, out: HeadOutputs, data: CityData, tower: FrozenTower
+) -> np.ndarray | None:
+    """The reader's kind scores (N, K) of a city's images (`decode.kind_scores`), as the
+    annotator computes them."""
+    if model.reader is None:
+        return None
+    model.eval()
+    parts = []
+    for s in range(0, len(data), 64):
+        part = slice_outputs(out, slice(s, s + 64))
+        scores = kind_scores(model, load_images(tower, data.targets.paths[s : s + 64]), part)
+        assert scores is not None
+        parts.append(scores)
+    return np.concatenate(parts) if parts else np.zeros((0, len(model.vocab.categories)))
 
 
 def read_pairs(

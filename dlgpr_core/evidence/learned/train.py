@@ -34,13 +34,14 @@ from safetensors.torch import load_file, save_file
 from dlgpr_core.mapdb.evidence import ImageEvidence
 
 from .annotator import ASSET_HEADS, ASSET_JSON, LearnedAnnotator
-from .calibration import fit_calibration
+from .calibration import fit_calibration, fit_kinds
 from .config import EvidenceTrainConfig
 from .dataset import Batch, CityData, batches, concat, prepare_city
 from .decode import READER, Calibration, reading_items
 from .features import FrozenTower
 from .model import NEG, EvidenceHeads, HeadOutputs, pool_attribute
 from .reader_training import (
+    city_kinds,
     city_signs,
     fit_reader_temperature,
     read_pairs,
@@ -333,6 +334,16 @@ def train(config: EvidenceTrainConfig, command: str = "") -> TrainResult:
         signs = city_signs(
             model, out, val_data, tower, read_pairs(model, out, calibration, config.decode)
         )
+        kinds = city_kinds(model, out, val_data, tower)
+        if config.fuse_kinds and kinds is not None:
+            raw = torch.softmax(out.classes.float(), 1)[:, 1:].flatten(2).amax(-1).numpy()
+            calibration.kinds = fit_kinds(
+                calibration.presence_probs(raw, vocab.categories),
+                kinds,
+                val_data.targets.present,
+                val_data.targets.place_ids,
+                vocab.categories,
+            )
         reader_metrics["reader_seconds"] = time.perf_counter() - t0
     validation = validation_metrics(
         read_city(model, out, val_data, calibration, signs=signs), val_data.targets, vocab
