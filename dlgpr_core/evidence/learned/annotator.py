@@ -25,6 +25,7 @@ from .decode import (
     NAME,
     Calibration,
     kind_scores,
+    raw_presence,
     read_outputs,
     reading_items,
     sign_logits,
@@ -117,10 +118,7 @@ class LearnedAnnotator:
                 out = self.heads(self.tower(batch))
                 kinds = kind_scores(self.heads, batch, out) if self.calibration.kinds else None
                 presence = self.calibration.fuse_kinds(
-                    self.calibration.presence_probs(
-                        torch.softmax(out.classes, 1)[:, 1:].flatten(2).amax(-1).numpy(),
-                        self.vocab.categories,
-                    ),
+                    self.calibration.presence_probs(raw_presence(out), self.vocab.categories),
                     kinds,
                     self.vocab.categories,
                 )
@@ -132,7 +130,7 @@ class LearnedAnnotator:
                     [size] * len(chunk),
                     floor=self.decode.presence_floor,
                     signs=sign_logits(self.heads, batch, out, which),
-                    kinds=kinds,
+                    presence=presence,
                 )
                 for i, r in zip(chunk, readings, strict=True):
                     results[i] = reading_items(r, self.vocab, self.decode)

@@ -27,7 +27,7 @@ from dlgpr_core.mapdb.evidence import Box, EvidenceItem
 from .config import DecodeConfig
 from .grid import grid_cell_size
 from .model import NEG, EvidenceHeads, HeadOutputs, pool_attribute
-from .signs import cut_strips, pool_positions, position_log_weights, strip_rows
+from .signs import SignReader, cut_strips, pool_positions, position_log_weights, strip_rows
 from .vocab import LabelVocab
 
 EPS = 1e-6
@@ -97,6 +97,12 @@ class Calibration:
         )
 
 
+def raw_presence(outputs: HeadOutputs) -> np.ndarray:
+    """(B, K) each category's largest cell probability per image (what `Calibration`
+    calibrates)."""
+    return torch.softmax(outputs.classes.float(), 1)[:, 1:].flatten(2).amax(-1).cpu().numpy()
+
+
 @dataclass
 class ImageReading:
     """What the heads say about one image, before any threshold."""
@@ -146,20 +152,19 @@ def read_outputs(
     floor: float | None = None,
     boxes: bool = True,
     signs: torch.Tensor | None = None,
-    kinds: np.ndarray | None = None,
+    presence: np.ndarray | None = None,
 ) -> list[ImageReading]:
     """One `ImageReading` per image of the batch; `sizes` are (width, height). Attributes
     are read for categories whose calibrated presence is >= `floor` (None: all). `signs`:
     the sign reader's name logits (B, K, names) from `sign_logits`, combined with the heads'
     name distribution as ``model.config.reader.combine`` says (rows of zeros = not read).
-    `kinds`: the reader's kind scores (B, K) from `kind_scores`, fused into the presence
-    of building categories as ``calibration.kinds`` says."""
+    `presence`: the calibrated presence (B, K) the caller already computed, e.g. with the
+    reader's building kinds fused in (`Calibration.fuse_kinds`); None: calibrated here."""
     vocab = model.vocab
     probs = torch.softmax(outputs.classes.float(), dim=1)  # (B, K+1, H, W)
     raw = probs[:, 1:].flatten(2).amax(-1).cpu().numpy()  # (B, K)
-    presence = calibration.fuse_kinds(
-        calibration.presence_probs(raw, vocab.categories), kinds, vocab.categories
-    )
+    if presence is None:
+        presence = calibration.presence_probs(raw, vocab.categories)
     log_p = torch.log(probs[:, 1:].clamp_min(EPS))  # (B, K, H, W): one group per category
     pooled: dict[str, np.ndarray] = {}
     for attr, logits in outputs.attributes.items():
@@ -223,6 +228,24 @@ def combine_names(
     return torch.where(read, both, heads)
 
 
+def _sign_strips(
+    reader: SignReader, images: torch.Tensor, outputs: HeadOutputs, which: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The strip each image is read along (`sign_logits`, `kind_scores`): at the median peak
+    row of the name attention over the categories in `which` (B, K). Returns log P(category)
+    per cell (B, K, H, W), each image's strip row (B,), whether it has one (B,), the indices
+    of those that have one, and their strips."""
+    _, _, rows, cols = outputs.classes.shape
+    log_p = torch.log(torch.softmax(outputs.classes.float(), 1)[:, 1:].clamp_min(EPS))
+    row, has = strip_rows(outputs.attention[NAME].float(), log_p, which)
+    imgs = torch.nonzero(has).flatten()
+    height, width = images.shape[-2:]
+    _, sy = grid_cell_size(width, height, rows, cols)
+    centres = ((row[imgs].float() + 0.5) * sy).long()
+    strips = cut_strips(images[imgs], centres, reader.config.strip_height)
+    return log_p, row, has, imgs, strips
+
+
 @torch.no_grad()
 def sign_logits(
     model: EvidenceHeads, images: torch.Tensor, outputs: HeadOutputs, which: torch.Tensor
@@ -234,17 +257,11 @@ def sign_logits(
     reader = model.reader
     if reader is None or NAME not in outputs.attention:
         return None
-    b, k1, rows, cols = outputs.classes.shape
+    b, k1 = outputs.classes.shape[:2]
     out = outputs.classes.new_zeros((b, k1 - 1, len(model.vocab.attributes[NAME])))
     if not bool(which.any()):
         return out
-    log_p = torch.log(torch.softmax(outputs.classes.float(), 1)[:, 1:].clamp_min(EPS))
-    row, has = strip_rows(outputs.attention[NAME].float(), log_p, which)
-    imgs = torch.nonzero(has).flatten()
-    height, width = images.shape[-2:]
-    _, sy = grid_cell_size(width, height, rows, cols)
-    centres = ((row[imgs].float() + 0.5) * sy).long()
-    strips = cut_strips(images[imgs], centres, reader.config.strip_height)
+    log_p, row, has, imgs, strips = _sign_strips(reader, images, outputs, which)
     logits, attention = reader(strips)
     local = torch.full((b,), -1, dtype=torch.long)
     local[imgs] = torch.arange(len(imgs))
@@ -275,16 +292,13 @@ def kind_scores(
     if reader is None or NAME not in outputs.attention:
         return None
     vocab = model.vocab
-    b, _, rows, cols = outputs.classes.shape
+    b = outputs.classes.shape[0]
     scores = np.zeros((b, len(vocab.categories)))
     named = torch.tensor([NAME in vocab.category_values[c] for c in vocab.categories])
     if b == 0 or not bool(named.any()):
         return scores
-    log_p = torch.log(torch.softmax(outputs.classes.float(), 1)[:, 1:].clamp_min(EPS))
-    row, _ = strip_rows(outputs.attention[NAME].float(), log_p, named.expand(b, -1))
-    height, width = images.shape[-2:]
-    _, sy = grid_cell_size(width, height, rows, cols)
-    strips = cut_strips(images, ((row.float() + 0.5) * sy).long(), reader.config.strip_height)
+    # every named category is in `which`, so every image has a strip, in order
+    *_, strips = _sign_strips(reader, images, outputs, named.expand(b, -1))
     logits, attention = reader(strips)
     read = torch.softmax(logits.float(), 1) * torch.sigmoid(attention.float()).unsqueeze(1)
     best = read.amax(-1).cpu().numpy()  # (B, names)

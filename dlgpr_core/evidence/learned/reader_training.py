@@ -12,9 +12,10 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from PIL import Image
 from .calibration import TEMPERATURES
 from .config import DecodeConfig, EvidenceTrainConfig
 from .dataset import CityData
-from .decode import EPS, NAME, Calibration, kind_scores, sign_logits
+from .decode import EPS, NAME, Calibration, kind_scores, raw_presence, sign_logits
 from .features import FrozenTower
 from .grid import grid_cell_size
 from .model import NEG, EvidenceHeads, HeadOutputs
@@ -33,6 +34,8 @@ from .validation import GroundTruthElement, slice_outputs, visible_elements
 from .vocab import LabelVocab
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def load_images(tower: FrozenTower, paths: Sequence[Path]) -> torch.Tensor:
@@ -60,14 +63,9 @@ def city_signs(
     (N, K), as the annotator computes them."""
     if model.reader is None:
         return None
-    model.eval()
-    parts = []
-    for s in range(0, len(data), 64):
-        part = slice_outputs(out, slice(s, s + 64))
-        images = load_images(tower, data.targets.paths[s : s + 64])
-        logits = sign_logits(model, images, part, which[s : s + 64])
-        assert logits is not None
-        parts.append(logits)
+    parts = _by_chunks(
+        model, out, data, tower, lambda s, im, part: sign_logits(model, im, part, which[s])
+    )
     return torch.cat(parts)
 
 
@@ -78,14 +76,27 @@ def city_kinds(
     annotator computes them."""
     if model.reader is None:
         return None
+    parts = _by_chunks(model, out, data, tower, lambda _, im, part: kind_scores(model, im, part))
+    return np.concatenate(parts) if parts else np.zeros((0, len(model.vocab.categories)))
+
+
+def _by_chunks(
+    model: EvidenceHeads,
+    out: HeadOutputs,
+    data: CityData,
+    tower: FrozenTower,
+    read: Callable[[slice, torch.Tensor, HeadOutputs], T | None],
+) -> list[T]:
+    """`read`(the chunk's slice, its images, its head outputs) over a city's images in
+    chunks of 64, in eval mode (the images are loaded per chunk, never all at once)."""
     model.eval()
     parts = []
     for s in range(0, len(data), 64):
-        part = slice_outputs(out, slice(s, s + 64))
-        scores = kind_scores(model, load_images(tower, data.targets.paths[s : s + 64]), part)
-        assert scores is not None
-        parts.append(scores)
-    return np.concatenate(parts) if parts else np.zeros((0, len(model.vocab.categories)))
+        chunk = slice(s, s + 64)
+        got = read(chunk, load_images(tower, data.targets.paths[chunk]), slice_outputs(out, chunk))
+        assert got is not None  # the caller checked the model has a reader
+        parts.append(got)
+    return parts
 
 
 def read_pairs(
@@ -93,8 +104,7 @@ def read_pairs(
 ) -> torch.Tensor:
     """(N, K) bool: the (image, category) pairs the annotator reads a sign for: categories
     with a name whose calibrated presence reaches the floor."""
-    raw = torch.softmax(out.classes.float(), 1)[:, 1:].flatten(2).amax(-1).numpy()
-    presence = calibration.presence_probs(raw, model.vocab.categories)
+    presence = calibration.presence_probs(raw_presence(out), model.vocab.categories)
     floor = torch.from_numpy(presence >= decode.presence_floor)
     return floor & named_categories(model.vocab).unsqueeze(0)
 

@@ -37,7 +37,7 @@ from .annotator import ASSET_HEADS, ASSET_JSON, LearnedAnnotator
 from .calibration import fit_calibration, fit_kinds
 from .config import EvidenceTrainConfig
 from .dataset import Batch, CityData, batches, concat, prepare_city
-from .decode import READER, Calibration, reading_items
+from .decode import READER, Calibration, raw_presence, reading_items
 from .features import FrozenTower
 from .model import NEG, EvidenceHeads, HeadOutputs, pool_attribute
 from .reader_training import (
@@ -336,9 +336,8 @@ def train(config: EvidenceTrainConfig, command: str = "") -> TrainResult:
         )
         kinds = city_kinds(model, out, val_data, tower)
         if config.fuse_kinds and kinds is not None:
-            raw = torch.softmax(out.classes.float(), 1)[:, 1:].flatten(2).amax(-1).numpy()
             calibration.kinds = fit_kinds(
-                calibration.presence_probs(raw, vocab.categories),
+                calibration.presence_probs(raw_presence(out), vocab.categories),
                 kinds,
                 val_data.targets.present,
                 val_data.targets.place_ids,
