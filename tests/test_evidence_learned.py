@@ -321,6 +321,38 @@ def test_kind_fusion_by_hand_and_through_json() -> None:
     assert Calibration.from_json({"presence": {}, "temperature": {}}).kinds == {}
 
 
+@pytest.mark.parametrize(
+    ("section", "entry", "named"),
+    [
+        ("kinds", {"bank": [1.0, 2.0]}, "calibration.kinds['bank']"),
+        ("presence", {"tree": ["a", 0.0]}, "calibration.presence['tree']"),
+        ("temperature", {"colour": -1.0}, "calibration.temperature['colour']"),
+        ("kinds", [1.0, 2.0, 3.0], "calibration.kinds must map names"),
+    ],
+)
+def test_malformed_calibration_names_the_entry(
+    tmp_path: Path, section: str, entry: object, named: str
+) -> None:
+    """A hand-edited asset with a bad calibration entry fails at load with the file and the
+    entry named (before: Python's unpacking error from inside the annotator); the shipped
+    asset's calibration reads back unchanged."""
+    import json
+    import shutil
+
+    from dlgpr_core.evidence.learned.annotator import ASSET_HEADS, ASSET_JSON, ASSETS
+    from dlgpr_core.evidence.learned.decode import Calibration
+
+    meta = json.loads((ASSETS / ASSET_JSON).read_text(encoding="utf-8"))
+    assert Calibration.from_json(meta["calibration"]).to_json() == meta["calibration"]
+    meta["calibration"][section] = entry
+    (tmp_path / ASSET_JSON).write_text(json.dumps(meta), encoding="utf-8")
+    shutil.copyfile(ASSETS / ASSET_HEADS, tmp_path / ASSET_HEADS)
+    with pytest.raises(ValueError) as err:
+        LearnedAnnotator.from_dir(tmp_path)
+    assert named in str(err.value) and str(tmp_path) in str(err.value)
+    assert "train_evidence.py" in str(err.value)
+
+
 def test_fit_kinds_learns_which_reading_tells_the_kind() -> None:
     """On places where the reader's score tells the kind and the heads' presence is noise,
     the fit leans on the reader; it groups images by place (largest over views), and a

@@ -62,7 +62,10 @@ class LearnedAnnotator:
             torch.set_num_threads(threads)
         self.vocab = LabelVocab.from_json(meta["vocab"])
         self.decode = DecodeConfig.model_validate(meta["decode"])
-        self.calibration = Calibration.from_json(meta["calibration"])
+        try:
+            self.calibration = Calibration.from_json(meta["calibration"])
+        except ValueError as err:
+            raise ValueError(f"the evidence asset beside {heads_path}: {err}") from err
         self.tower = FrozenTower().to(self.device)
         channels = {int(s): int(c) for s, c in meta["channels"].items()}
         if channels != self.tower.channels():

@@ -87,14 +87,51 @@ class Calibration:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Calibration:
+        """From `to_json`'s form; a malformed entry raises a ValueError naming it (an asset
+        edited by hand must not fail with an unpacking error deep in the annotator)."""
         return cls(
-            presence={c: (float(a), float(b)) for c, (a, b) in data.get("presence", {}).items()},
-            temperature={k: float(t) for k, t in data.get("temperature", {}).items()},
+            presence={c: (v[0], v[1]) for c, v in _entries(data, "presence", 2, "[a, b]").items()},
+            temperature={
+                k: v[0] for k, v in _entries(data, "temperature", None, "a number > 0").items()
+            },
             kinds={
-                c: (float(wh), float(wr), float(b))
-                for c, (wh, wr, b) in data.get("kinds", {}).items()
+                c: (v[0], v[1], v[2])
+                for c, v in _entries(data, "kinds", 3, "[w_heads, w_reader, bias]").items()
             },
         )
+
+
+def _entries(
+    data: Mapping[str, Any], section: str, n: int | None, form: str
+) -> dict[str, list[float]]:
+    """The calibration section `section` as name -> n finite numbers (`n` None: one positive
+    number, not in a list), or a ValueError naming the first bad entry."""
+    got = data.get(section, {})
+    if not isinstance(got, Mapping):
+        raise ValueError(
+            f"calibration.{section} must map names to {form}, got {type(got).__name__}: "
+            "fix the entry or write the asset again with training/train_evidence.py"
+        )
+    out: dict[str, list[float]] = {}
+    for name, value in got.items():
+        items = [value] if n is None else value
+        try:
+            nums = [float(x) for x in items]
+        except (TypeError, ValueError):
+            nums = []
+        ok = (
+            len(nums) == (n or 1)
+            and (n is not None or isinstance(value, (int, float)))
+            and all(math.isfinite(x) for x in nums)
+            and (n is not None or nums[0] > 0)
+        )
+        if not ok:
+            raise ValueError(
+                f"calibration.{section}[{name!r}] = {value!r} is not {form}: fix the entry "
+                "or write the asset again with training/train_evidence.py"
+            )
+        out[str(name)] = nums
+    return out
 
 
 def raw_presence(outputs: HeadOutputs) -> np.ndarray:
