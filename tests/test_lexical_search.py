@@ -100,6 +100,39 @@ def test_low_confidence_phrases_are_left_out_and_settings_are_checked(db: MapDat
         LexicalSpec("signs", weight=-1)
 
 
+def test_an_attribute_counts_as_sure_as_its_category_is_seen(db: MapDatabase) -> None:
+    """An attribute item's confidence is P(value | its category is visible): a learned
+    annotator reads a colour for a bakery it barely sees. The lexical document takes the
+    phrase only when P(visible) x P(value) reaches the threshold; presence items and
+    attributes without a presence item in the image (the street) keep their own confidence.
+    (Before: every attribute phrase at >= 0.3 conditional confidence went in, and on a small
+    generated city the dense + lexical top-5 fell below what the CLI test asks.)"""
+    rows = db.image_rows(list(range(1, 13)))
+    p0 = [i for i, r in rows.items() if r.place_id == "p0"]
+    p1 = [i for i, r in rows.items() if r.place_id == "p1"]
+    items = {
+        "p0": [
+            EvidenceItem("a bakery", 0.1, "bakery", "category", "bakery"),
+            EvidenceItem("a purple bakery", 0.9, "bakery", "colour", "purple"),
+            EvidenceItem("a cobbled street", 0.9, "street", "pavement", "cobbled"),
+        ],
+        "p1": [
+            EvidenceItem("a bakery", 0.8, "bakery", "category", "bakery"),
+            EvidenceItem("an orange bakery", 0.6, "bakery", "colour", "orange"),
+        ],
+    }
+    db.put_evidence(
+        "learned-like",
+        "v1",
+        [(i, items["p0"]) for i in p0] + [(i, items["p1"]) for i in p1],
+    )
+    index = LexicalIndex.from_evidence(db.evidence, "learned-like", ["p0", "p1"], 0.3)
+    assert index.scores("purple").max() == 0.0  # 0.1 x 0.9 = 0.09: left out
+    assert index.scores("orange")[1] > 0  # 0.8 x 0.6 = 0.48: kept
+    assert index.scores("cobbled")[0] > 0  # the street has no presence item
+    assert index.scores("bakery")[1] > 0 and index.scores("bakery")[0] == 0.0
+
+
 def test_the_first_annotation_turns_the_channel_on_unless_switched_off(tmp_path: Path) -> None:
     """A built map searches with its evidence words by default (every caller: the robot, the
     CLI, the evaluation), over the first annotator's evidence; the user's "off" is kept."""

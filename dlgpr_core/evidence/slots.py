@@ -13,10 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
+from dlgpr_core.mapdb.evidence import PRESENCE as PRESENCE  # re-exported: one definition
 from dlgpr_core.synth import vocabulary as voc
 
-PRESENCE = "category"
-"""The attribute of an evidence item that says "this category of thing is visible"."""
 STREET = "street"
 """The pseudo-category of the street itself (width, pavement)."""
 

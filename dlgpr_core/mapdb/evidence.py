@@ -18,6 +18,10 @@ from dlgpr_core.mapdb.store import MapStore, utc_now
 
 Box = tuple[int, int, int, int]
 
+PRESENCE = "category"
+"""The attribute of an evidence item that says "this category of thing is visible" (the
+store's own semantics; `dlgpr_core.evidence.slots` re-exports it)."""
+
 
 @dataclass(frozen=True)
 class EvidenceItem:
