@@ -44,7 +44,7 @@ class PlaceEvidence:
         weight: dict[tuple[str, str], float] = defaultdict(float)
         phrases: dict[str, list[tuple[str, float]]] = {}
         for image in images:
-            seen = {it.category: it.confidence for it in image.items if it.attribute == PRESENCE}
+            seen = image.presence()
             for cat, p in seen.items():
                 presence[cat] = max(presence[cat], p)
             per_attr: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)

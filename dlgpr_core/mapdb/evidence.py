@@ -58,6 +58,10 @@ class ImageEvidence:
     """Relative to the image's data set root, as search hits carry it."""
     items: list[EvidenceItem] = field(default_factory=list)
 
+    def presence(self) -> dict[str, float]:
+        """category -> the confidence of its presence item (`PRESENCE`) in this image."""
+        return {it.category: it.confidence for it in self.items if it.attribute == PRESENCE}
+
 
 @dataclass(frozen=True)
 class AnnotatorRun:

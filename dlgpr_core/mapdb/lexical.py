@@ -20,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 
-from dlgpr_core.mapdb.evidence import PRESENCE, EvidenceItem, EvidenceStore
+from dlgpr_core.mapdb.evidence import PRESENCE, EvidenceItem, EvidenceStore, ImageEvidence
 from dlgpr_core.mapdb.report import PlaceHit
 
 Fusion = Literal["sum", "rrf"]
@@ -87,7 +87,7 @@ class LexicalIndex:
             phrases = {
                 it.phrase
                 for image in by_place.get(pid, [])
-                for it, sure in _sureness(image.items)
+                for it, sure in _sureness(image)
                 if sure >= min_confidence
             }
             texts.append(" ; ".join(sorted(phrases)))
@@ -104,21 +104,21 @@ class LexicalIndex:
         return self._row.get(place_id)
 
 
-def _sureness(items: Sequence[EvidenceItem]) -> list[tuple[EvidenceItem, float]]:
+def _sureness(image: ImageEvidence) -> list[tuple[EvidenceItem, float]]:
     """Each item of one image with how sure it is that its phrase is true of the image: an
     attribute item's confidence is P(value | its category is visible), so it is multiplied
     by the image's presence of that category ("a red bakery" at 0.9 of a bakery seen at 0.1
     is 0.09 sure); presence items, phrases and attributes of categories without a presence
     item in the image (the street) keep their confidence."""
-    presence = {it.category: it.confidence for it in items if it.attribute == PRESENCE}
+    presence = image.presence()
     return [
         (
             it,
             it.confidence * presence[it.category]
-            if it.attribute not in (None, PRESENCE) and it.category in presence
+            if it.attribute and it.attribute != PRESENCE and it.category in presence
             else it.confidence,
         )
-        for it in items
+        for it in image.items
     ]
 
 

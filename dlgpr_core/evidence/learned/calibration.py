@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .dataset import CityData
-from .decode import Calibration
+from .decode import Calibration, logit
 from .model import EvidenceHeads, HeadOutputs, pool_attribute
 from .validation import read_city, slice_outputs, visible_elements
 from .vocab import LabelVocab
@@ -19,23 +19,8 @@ from .vocab import LabelVocab
 
 def fit_platt(raw: np.ndarray, present: np.ndarray, l2: float = 1e-3) -> tuple[float, float]:
     """(a, b) minimising the BCE of sigmoid(a * logit(raw) + b), lightly pulled to (1, 0)."""
-    z = torch.from_numpy(
-        np.log(np.clip(raw, 1e-6, 1 - 1e-6)) - np.log1p(-np.clip(raw, 1e-6, 1 - 1e-6))
-    )
-    y = torch.from_numpy(present.astype(np.float64))
-    ab = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([ab], lr=0.5, max_iter=200, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(ab[0] * z + ab[1], y)
-        loss = loss + l2 * ((ab[0] - 1) ** 2 + ab[1] ** 2)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    a, b = ab.detach().tolist()
-    return float(a), float(b)
+    a, b = _fit_logistic(logit(raw)[:, None], present, prior=(1.0, 0.0), l2=l2)
+    return a, b
 
 
 def fit_kinds(
@@ -67,16 +52,19 @@ def fit_kinds(
     for k, cat in enumerate(categories):
         if not (r[:, k] > 0).any() or y[:, k].min() == y[:, k].max():
             continue
-        x = np.stack([_logit_clip(h[:, k]), _logit_clip(r[:, k])], axis=1)
-        fitted[cat] = _fit_logistic(x, y[:, k], prior=(1.0, 0.0, 0.0), l2=l2)
+        x = np.stack([logit(h[:, k]), logit(r[:, k])], axis=1)
+        w_heads, w_reader, bias = _fit_logistic(x, y[:, k], prior=(1.0, 0.0, 0.0), l2=l2)
+        fitted[cat] = (w_heads, w_reader, bias)
     return fitted
 
 
 def _fit_logistic(
-    x: np.ndarray, y: np.ndarray, prior: tuple[float, float, float], l2: float
-) -> tuple[float, float, float]:
-    """(w1, w2, b) minimising the BCE of sigmoid(x @ (w1, w2) + b), pulled lightly to
-    `prior` (there: the heads alone)."""
+    x: np.ndarray, y: np.ndarray, prior: tuple[float, ...], l2: float
+) -> tuple[float, ...]:
+    """The weights of x's d columns, then the bias, minimising the BCE of sigmoid(x @ w + b),
+    pulled lightly to `prior` (d + 1 numbers; for Platt scaling and the kind fusion, what
+    leaves the heads' presence as it is)."""
+    d = x.shape[1]
     xt = torch.from_numpy(x.astype(np.float64))
     yt = torch.from_numpy(y.astype(np.float64))
     p0 = torch.tensor(prior, dtype=torch.float64)
@@ -85,19 +73,13 @@ def _fit_logistic(
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(xt @ w[:2] + w[2], yt)
+        loss = F.binary_cross_entropy_with_logits(xt @ w[:d] + w[d], yt)
         loss = loss + l2 * ((w - p0) ** 2).sum()
         loss.backward()
         return loss
 
     opt.step(closure)
-    a, b, c = w.detach().tolist()
-    return float(a), float(b), float(c)
-
-
-def _logit_clip(p: np.ndarray) -> np.ndarray:
-    q = np.clip(p, 1e-6, 1 - 1e-6)
-    return np.asarray(np.log(q) - np.log1p(-q))
+    return tuple(float(v) for v in w.detach().tolist())
 
 
 TEMPERATURES = np.geomspace(0.1, 10.0, 41)

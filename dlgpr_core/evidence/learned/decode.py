@@ -37,7 +37,9 @@ READER = "reader"
 """Calibration key of the reader's temperature."""
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
+def logit(p: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)), clipped to [EPS, 1 - EPS] first (the one logit of calibration,
+    fitting and fusion alike)."""
     q = np.clip(p, EPS, 1 - EPS)
     return np.asarray(np.log(q) - np.log1p(-q))
 
@@ -58,7 +60,7 @@ class Calibration:
 
     def presence_probs(self, raw: np.ndarray, categories: Sequence[str]) -> np.ndarray:
         """(N, K) raw maxima -> calibrated probabilities."""
-        z = _logit(raw)
+        z = logit(raw)
         a = np.array([self.presence.get(c, (1.0, 0.0))[0] for c in categories])
         b = np.array([self.presence.get(c, (1.0, 0.0))[1] for c in categories])
         return np.asarray(1.0 / (1.0 + np.exp(-(a * z + b))))
@@ -74,7 +76,7 @@ class Calibration:
         for k, cat in enumerate(categories):
             w = self.kinds.get(cat)
             if w is not None:
-                z = w[0] * _logit(presence[:, k]) + w[1] * _logit(scores[:, k]) + w[2]
+                z = w[0] * logit(presence[:, k]) + w[1] * logit(scores[:, k]) + w[2]
                 out[:, k] = 1.0 / (1.0 + np.exp(-z))
         return out
 
