@@ -16,9 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dlgpr_core.dialogue.answer_model import AnswerModel
-from dlgpr_core.dialogue.answers import described
+from dlgpr_core.dialogue.answers import described, read_answer
 from dlgpr_core.dialogue.evidence_table import EvidenceTable
 from dlgpr_core.dialogue.evidence_update import EvidenceUpdate
+from dlgpr_core.dialogue.parse import parse_question
 from dlgpr_core.dialogue.questioners import InfoGainQuestioner
 from dlgpr_core.dialogue.questions import Question, attribute_question, presence_question
 from dlgpr_core.evidence.knowledge import EvidenceSource, PlaceEvidence
@@ -148,6 +149,38 @@ def test_descriptions_are_read_as_observations() -> None:
         ("attribute", "cafe", "awning", "green", ("yes",)),
     }
     assert described("") == []
+
+
+def test_a_kind_word_that_is_also_a_sign_name_is_read_as_the_kind() -> None:
+    """One post office's sign says "Post Office": "a post office" is the kind, not that sign
+    (read as the sign, a description naming a post office counted against every post office
+    called otherwise, and answers about a post office's colour went unread)."""
+    seen = described("I see a bookshop next to a post office.")
+    assert {(q.category, q.attribute, o) for q, o in seen} == {
+        ("bookshop", None, ("present",)),
+        ("post office", None, ("present",)),
+    }
+    colour = parse_question("What colour is the post office?")
+    assert colour is not None and colour.question.key == (
+        "attribute",
+        "post office",
+        "colour",
+        None,
+    )
+    assert read_answer(
+        attribute_question("post office", "colour"), "The post office has a grey facade."
+    ) == ("value", "grey")
+    assert read_answer(
+        attribute_question("post office", "floors"), "The post office is a two-storey building."
+    ) == ("value", "2")
+    # Written as a name, it is still the sign.
+    name = attribute_question("post office", "name")
+    assert read_answer(name, 'The sign of the post office says "Post Office".') == (
+        "value",
+        "Post Office",
+    )
+    called = parse_question('Is the post office called "Post Office"?')
+    assert called is not None and called.question.value == "Post Office"
 
 
 def _reference_expected_entropy(

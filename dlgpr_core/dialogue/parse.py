@@ -95,7 +95,7 @@ def _parse(text: str, key: _LexiconKey) -> Parsed | None:
     t = " ".join(text.lower().replace("’", "'").split())
     negated = bool(_NEGATION.search(t))
     is_open = bool(_OPEN.search(t))
-    names = find_terms(text, lx.names)
+    names = _names(text, lx)
     cats = find_terms(t, lx.categories)
     if not cats and _words(t, "street", "road", "pavement", "sidewalk", "buildings"):
         cats = {STREET}
@@ -107,6 +107,24 @@ def _parse(text: str, key: _LexiconKey) -> Parsed | None:
     if q is None and not is_open and plain and _PRESENCE.search(t):
         q = presence_question(cat)
     return None if q is None else Parsed(q, negated)
+
+
+def _names(text: str, lx: Lexicon) -> set[str]:
+    """Sign names `text` states. A name that is also a kind's word (one post office's sign
+    says "Post Office") names the sign only where it is written as a name, with its
+    capitals: "a post office" is the kind, and reading it as the sign made every
+    description naming a post office count against post offices called otherwise, and
+    left every answer about a post office's colour or storeys unread."""
+    kinds = {w.lower() for words in lx.categories.values() for w in words}
+    out: set[str] = set()
+    for name in find_terms(text, lx.names):
+        phrases = lx.names[name]
+        if any(p.lower() in kinds for p in phrases) and not any(
+            re.search(rf"\b{re.escape(p)}\b", text) for p in phrases
+        ):
+            continue
+        out.add(name)
+    return out
 
 
 def _has_modifier(t: str, lx: Lexicon) -> bool:
