@@ -183,6 +183,26 @@ def test_a_kind_word_that_is_also_a_sign_name_is_read_as_the_kind() -> None:
     assert called is not None and called.question.value == "Post Office"
 
 
+def test_a_sign_name_is_read_whole_and_names_its_kind() -> None:
+    """People name places by their signs: "St. Mary's" (a full stop inside) and "Bloom and
+    Petal" (an "and" inside) are one name each, and a name alone says which kind is there;
+    a sign of another kind in a clause about a bakery is not the bakery's name."""
+    seen = {
+        (q.category, q.attribute, q.value, o)
+        for q, o in described(
+            "I am by St. Mary's, next to a bakery. A florist called Bloom and Petal."
+        )
+    }
+    assert seen == {
+        ("bakery", None, None, ("present",)),
+        ("church", None, None, ("present",)),
+        ("church", "name", "St. Mary's", ("yes",)),
+        ("florist", None, None, ("present",)),
+        ("florist", "name", "Bloom and Petal", ("yes",)),
+    }
+    assert parse_question("Is the bakery next to St. Mary's?") is None
+
+
 def _reference_expected_entropy(
     model: AnswerModel, q: Question, evs: list[PlaceEvidence | None], belief: list[float]
 ) -> float:

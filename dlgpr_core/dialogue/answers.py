@@ -13,9 +13,9 @@ from __future__ import annotations
 import difflib
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
-from dlgpr_core.dialogue.parse import Parsed
+from dlgpr_core.dialogue.parse import Parsed, named_kinds
 from dlgpr_core.dialogue.parse import parse_question as _parse_question
 from dlgpr_core.dialogue.questions import Question
 from dlgpr_core.evidence.slots import values as slot_values
@@ -185,6 +185,26 @@ _CLAUSES = re.compile(
 )
 
 
+def _clauses(text: str, names: Mapping[str, Iterable[str]]) -> list[str]:
+    """The text cut at `_CLAUSES`, a sign name kept whole as written ("St. Mary's" has a
+    full stop, "Bloom and Petal" an "and")."""
+    kept: list[str] = []
+
+    def keep(m: re.Match[str]) -> str:
+        kept.append(m.group(0))
+        return f"\x00{len(kept) - 1}\x00"
+
+    phrases = sorted({p for ps in names.values() for p in ps}, key=len, reverse=True)
+    if phrases:
+        either = "|".join(re.escape(p) for p in phrases)
+        text = re.sub(rf"(?<!\w)(?:{either})(?!\w)", keep, text, flags=re.IGNORECASE)
+    return [
+        re.sub("\x00(\\d+)\x00", lambda m: kept[int(m.group(1))], c)
+        for c in _CLAUSES.split(text)
+        if c
+    ]
+
+
 def described(description: str) -> list[tuple[Question, Outcome]]:
     """What a description states, as (probe, outcome) observations: every category it
     names is there (unless said not to be: "no trees"), and every clause about one
@@ -198,11 +218,11 @@ def described(description: str) -> list[tuple[Question, Outcome]]:
     text = description.strip()
     if not text:
         return out
-    for category in sorted(find_terms(text, ROBOT_LEXICON.categories)):
+    for category in sorted(find_terms(text, ROBOT_LEXICON.categories) | named_kinds(text)):
         words = "|".join(re.escape(w) for w in ROBOT_LEXICON.categories[category])
         negated = re.search(rf"\b(no|not any|without)\s+(\w+\s+)?({words})", text, re.I)
         out.append((presence_question(category), ("absent",) if negated else ("present",)))
-    for clause in _CLAUSES.split(text):
+    for clause in _clauses(text, ROBOT_LEXICON.names):
         parsed = parse_question(clause) if clause and clause.strip() else None
         if parsed is None or parsed.negated or parsed.question.kind != "attribute":
             continue

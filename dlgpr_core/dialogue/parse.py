@@ -23,7 +23,7 @@ from dlgpr_core.dialogue.questions import (
     presence_question,
 )
 from dlgpr_core.synth.terms import find_terms
-from dlgpr_core.synth.vocabulary import FLOOR_WORDS
+from dlgpr_core.synth.vocabulary import BUILDINGS, FLOOR_WORDS
 
 _NUMBERS = {
     "one": 1,
@@ -97,6 +97,8 @@ def _parse(text: str, key: _LexiconKey) -> Parsed | None:
     is_open = bool(_OPEN.search(t))
     names = _names(text, lx)
     cats = find_terms(t, lx.categories)
+    if not cats and len(names) == 1 and next(iter(names)) in _NAMED_KIND:
+        cats = {_NAMED_KIND[next(iter(names))]}  # "I am by St. Mary's": the church's sign
     if not cats and _words(t, "street", "road", "pavement", "sidewalk", "buildings"):
         cats = {STREET}
     if len(cats) != 1:
@@ -107,6 +109,10 @@ def _parse(text: str, key: _LexiconKey) -> Parsed | None:
     if q is None and not is_open and plain and _PRESENCE.search(t):
         q = presence_question(cat)
     return None if q is None else Parsed(q, negated)
+
+
+_NAMED_KIND = {n: b for b, bt in BUILDINGS.items() for n in bt.chains}
+"""The kind of building each sign name of the robot's ontology belongs to."""
 
 
 def _names(text: str, lx: Lexicon) -> set[str]:
@@ -125,6 +131,11 @@ def _names(text: str, lx: Lexicon) -> set[str]:
             continue
         out.add(name)
     return out
+
+
+def named_kinds(text: str, lexicon: Lexicon = ROBOT_LEXICON) -> set[str]:
+    """The kinds of building whose sign names `text` states ("St. Mary's": a church)."""
+    return {_NAMED_KIND[n] for n in _names(text, lexicon) if n in _NAMED_KIND}
 
 
 def _has_modifier(t: str, lx: Lexicon) -> bool:
@@ -164,6 +175,8 @@ def _element(t: str, cat: str, names: set[str], is_open: bool, lx: Lexicon) -> Q
     if cat == "crosswalk":
         return _crosswalk(t, is_open)
     if names:
+        if any(_NAMED_KIND.get(n, cat) != cat for n in names):
+            return None  # another building's sign ("the bakery by St. Mary's"): a relation
         return attribute_question(cat, "name", _one(names)) if len(names) == 1 else None
     if _words(t, "sign", "name", "called", "named", "say", "read"):
         return attribute_question(cat, "name") if is_open else None
