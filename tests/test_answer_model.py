@@ -22,9 +22,11 @@ from dlgpr_core.dialogue.evidence_update import EvidenceUpdate
 from dlgpr_core.dialogue.parse import parse_question
 from dlgpr_core.dialogue.questioners import InfoGainQuestioner
 from dlgpr_core.dialogue.questions import Question, attribute_question, presence_question
+from dlgpr_core.dialogue.state import DialogueState
 from dlgpr_core.evidence.knowledge import EvidenceSource, PlaceEvidence
 from dlgpr_core.evidence.slots import values
 from dlgpr_core.mapdb.evidence import ImageEvidence
+from dlgpr_core.mapdb.report import PlaceHit
 
 BANK = PlaceEvidence(
     presence={"bank": 0.8}, values={("bank", "colour"): {"red": 0.6, "brown": 0.3}}
@@ -74,6 +76,75 @@ def test_likelihoods_by_hand() -> None:
     assert MODEL.likelihood(BANK, presence, ("present",)) == pytest.approx(floored(0.8))
     assert MODEL.likelihood(BANK, presence, ("unknown",)) == pytest.approx(1.0)
     assert MODEL.likelihood(None, presence, ("present",)) is None
+
+
+def test_answers_about_one_thing_count_its_presence_once() -> None:
+    """ "A bank" and then "its facade is red": the bank is there with 0.8, and given that
+    the answers are 1 and 0.9 * 0.6; were it not there, neither would be said (only the
+    floor). The presence is summed out once; multiplying the two single likelihoods (what
+    the update did before) counts 0.8 twice."""
+    f = 0.02
+    seen = [
+        (presence_question("bank"), ("present",)),
+        (attribute_question("bank", "colour"), ("value", "red")),
+    ]
+    there = (f + (1 - f) * 1.0) * (f + (1 - f) * 0.9 * 0.6)
+    not_there = f * f
+    expect = 0.8 * there + 0.2 * not_there
+    assert MODEL.joint_likelihood(BANK, seen) == pytest.approx(expect)
+    source = EvidenceSource(lambda want: {})
+    source.get_many = lambda want: [BANK for _ in want]  # type: ignore[method-assign,assignment]
+    update = EvidenceUpdate(source, answer_model=MODEL)
+    assert update.log_likelihoods(["p"], seen) == pytest.approx([math.log(expect)])
+    single = [MODEL.likelihood(BANK, q, o) for q, o in seen]
+    assert math.prod(x or 0.0 for x in single) < 0.85 * expect  # the double count
+    # one observation: the joint is the single likelihood; exact evidence: the product
+    q, o = seen[1]
+    assert MODEL.joint_likelihood(BANK, [(q, o)]) == pytest.approx(MODEL.likelihood(BANK, q, o))
+    sure = PlaceEvidence(presence={"bank": 1.0}, values=BANK.values)
+    assert MODEL.joint_likelihood(sure, seen) == pytest.approx(
+        math.prod(MODEL.likelihood(sure, q, o) or 0.0 for q, o in seen)
+    )
+    # things asked about apart stay independent
+    two = [*seen, (presence_question("bench"), ("absent",))]
+    assert MODEL.joint_likelihood(BANK, two) == pytest.approx(expect * (f + (1 - f) * 1.0))
+
+
+def test_the_questioner_plans_with_the_presence_the_answers_imply() -> None:
+    """After "there is a bank", P(bank there) at a place seen with 0.8 is
+    0.8 / (0.8 + 0.2 * floor); the questioner plans the bank's colour with it, so a place
+    whose images barely show a bank no longer seems to answer "there is none"."""
+    f = 0.02
+    p = np.array([0.8, 0.1])
+    given = [MODEL.given(2, None, (), presence_question("bank"), ("present",))]
+    post = MODEL.presence_posterior(p, given)
+    assert post == pytest.approx([0.8 / (0.8 + 0.2 * f), 0.1 / (0.1 + 0.9 * f)])
+    assert MODEL.presence_posterior(p, []) is p
+    # saying it is not there makes it (nearly) absent everywhere
+    gone = [MODEL.given(2, None, (), presence_question("bank"), ("absent",))]
+    assert MODEL.presence_posterior(p, gone) == pytest.approx(
+        [0.8 * f / (0.8 * f + 0.2), 0.1 * f / (0.1 * f + 0.9)]
+    )
+    faint = PlaceEvidence(presence={"bank": 0.1}, values={("bank", "colour"): {"red": 0.9}})
+    source = EvidenceSource(lambda want: {})
+    by_id = {"a": BANK, "b": faint}
+    source.get_many = lambda want: [by_id[i] for i in want]  # type: ignore[method-assign,assignment]
+    questioner = InfoGainQuestioner(source, answer_model=MODEL)
+    rows = questioner.table.rows(["a", "b"])
+    state = _state("I am by a bank.", ["a", "b"])
+    presence = questioner._presence(state, rows)
+    assert presence["bank"] == pytest.approx(post)
+    cols = questioner._columns(attribute_question("bank", "colour"), rows, presence)
+    assert cols[:, 0] == pytest.approx(1.0 - post)  # P(absent): small at both places now
+
+
+def _state(d0: str, ids: Sequence[str]) -> DialogueState:
+    """A dialogue at round 0 over `ids`, belief uniform."""
+    hits = tuple(
+        PlaceHit(i + 1, 0.5, pid, 0.0, 0.0, "", 0, "Town", "") for i, pid in enumerate(ids)
+    )
+    n = len(ids)
+    return DialogueState("d", 0, d0, (), (), hits, n, tuple([1.0 / n] * n))
 
 
 def test_columns_agree_with_the_outcomes() -> None:
@@ -278,8 +349,9 @@ _OUTCOMES = [
 def test_vectorised_update_equals_the_reference(
     places: list[PlaceEvidence | None], seen: list[tuple[Question, tuple[str, ...]]]
 ) -> None:
-    """The answer update's arrays give, place by place, the sum of ln `likelihood`, with a
-    place without evidence at the median of the others (neither helped nor hurt)."""
+    """The answer update's arrays give, place by place, ln `joint_likelihood` summed over
+    the things asked about (the answers about one thing share its presence), with a place
+    without evidence at the median of the others for each thing (neither helped nor hurt)."""
     ids = [f"p{i}" for i in range(len(places))]
     by_id = dict(zip(ids, places, strict=True))
     source = EvidenceSource(lambda want: {})
@@ -287,8 +359,9 @@ def test_vectorised_update_equals_the_reference(
     update = EvidenceUpdate(source, answer_model=MODEL)
     got = update.log_likelihoods(ids, seen)
     expect = [0.0] * len(ids)
-    for q, outcome in seen:
-        ls = [MODEL.likelihood(ev, q, outcome) for ev in places]
+    for category in dict.fromkeys(q.category for q, _ in seen):
+        mine = [(q, o) for q, o in seen if q.category == category]
+        ls = [MODEL.joint_likelihood(ev, mine) for ev in places]
         known = sorted(x for x in ls if x is not None)
         neutral = float(np.median(known)) if known else 1.0
         for i, x in enumerate(ls):

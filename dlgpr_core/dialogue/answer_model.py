@@ -22,11 +22,20 @@ both carry the same information. A presence question is present with p_c, absent
 arrays (the questioner plans over hundreds of candidates). Likelihoods are floored
 (`floor`): annotators and people both err, and one wrong answer must not rule the true
 place out for ever.
+
+Several answers about one thing share one unknown, whether it is there: "a bank", "its
+facade is red" and "its sign says Union Savings" are p * P(red) * P(Union Savings), not
+p * p*P(red) * p*P(Union Savings). So the answers about a category are combined by summing
+its presence out once (`joint`: p * prod(floored P(answer | there)) + (1 - p) *
+prod(floored P(answer | not there))), and the questioner plans the next answer with the
+presence those answers imply (`presence_posterior`). With exact evidence (p is 0 or 1) this
+changes nothing; with image evidence, a building the images barely show was counted against
+its place once per answer about it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -112,6 +121,47 @@ class AnswerModel:
         stated = (p * (1.0 - u) * k)[:, None] * values
         return np.concatenate([absent[:, None], unknown[:, None], stated], axis=1)
 
+    def given(
+        self,
+        n: int,
+        values: np.ndarray | None,
+        names: tuple[str, ...],
+        q: Question,
+        observed: Outcome,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(r1, r0), each (n,): P(observed | the category is there) and P(observed | it is
+        not), unfloored, for n places with evidence whose P(value | visible) rows for `q`'s
+        slot are `values` (n, V) over `names` (None when the slot has no values). What the
+        presence p adds is left to `likelihoods` and `joint`."""
+        tag, named = observed[0], observed[1:]
+        ones, zeros = np.ones(n), np.zeros(n)
+        if tag == "present":
+            return ones, zeros
+        if tag == "absent":
+            return zeros, ones
+        if q.kind == "presence":
+            return ones, ones  # "I don't know" to "is there ...?" says nothing
+        u = self.u(q.attribute or "")
+        if tag == "unknown":
+            return ones * u, zeros
+        if values is None or values.shape[1] == 0:
+            return ones * (1.0 - u), zeros
+        column = {v: j for j, v in enumerate(names)}
+
+        def of(value: str) -> np.ndarray:
+            j = column.get(value)
+            return values[:, j] if j is not None else zeros
+
+        if tag == "yes":
+            q_v = of(q.value or "")
+        elif named:
+            q_v = np.max(np.stack([of(v) for v in named]), axis=0)
+        elif tag == "no":
+            q_v = 1.0 - of(q.value or "")
+        else:  # a value was stated but not read: only "it is there" is learnt
+            q_v = ones
+        return (1.0 - u) * q_v, zeros
+
     def likelihoods(
         self,
         p: np.ndarray,
@@ -122,61 +172,83 @@ class AnswerModel:
     ) -> np.ndarray:
         """`likelihood` for many places with evidence at once: `p` (n,) P(category visible)
         (1 for the street), `values` (n, V) P(value | visible) over `names` (None when the
-        slot has no values). Floored like `likelihood`."""
-        tag, named = observed[0], observed[1:]
-        ones = np.ones_like(p)
-        if tag == "present":
-            raw = p
-        elif tag == "absent":
-            raw = 1.0 - p
-        elif q.kind == "presence":
-            raw = ones
-        else:
-            u = self.u(q.attribute or "")
-            if tag == "unknown":
-                raw = p * u
-            elif values is None or values.shape[1] == 0:
-                raw = p * (1.0 - u)
-            else:
-                column = {v: j for j, v in enumerate(names)}
+        slot has no values). Floored like `likelihood`; one observation's `joint`."""
+        return self.joint(p, [self.given(len(p), values, names, q, observed)])
 
-                def of(value: str) -> np.ndarray:
-                    j = column.get(value)
-                    return values[:, j] if j is not None else np.zeros_like(p)
+    def joint(self, p: np.ndarray, given: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+        """P(every observation of one category | place), (n,), from each observation's
+        `given` (r1, r0): whether the thing is there is one fact per place, so it is summed
+        out once, p * prod(floored r1) + (1 - p) * prod(floored r0), not once per answer.
+        Multiplying single likelihoods instead would count a missed building's low p again
+        in every answer about it ("a bank", "its facade is red", "its sign says ..." : p^3),
+        which only uncertain evidence suffers; with exact evidence (p is 0 or 1) both agree,
+        as they do for a single observation."""
+        l1, l0 = self._products(p, given)
+        return p * l1 + (1.0 - p) * l0
 
-                if tag == "yes":
-                    q_v = of(q.value or "")
-                elif named:
-                    q_v = np.max(np.stack([of(v) for v in named]), axis=0)
-                elif tag == "no":
-                    q_v = 1.0 - of(q.value or "")
-                else:  # a value was stated but not read: only "it is there" is learnt
-                    q_v = ones
-                raw = p * (1.0 - u) * q_v
-        return self.floor + (1.0 - self.floor) * raw
+    def presence_posterior(
+        self, p: np.ndarray, given: Sequence[tuple[np.ndarray, np.ndarray]]
+    ) -> np.ndarray:
+        """P(the category is there | the observations of it), (n,): what the questioner
+        plans with once a person has spoken of the thing (said there is a bank: any place's
+        bank is there, and an answer about its colour will not be "there is none")."""
+        if not given:
+            return p
+        l1, l0 = self._products(p, given)
+        there, not_there = p * l1, (1.0 - p) * l0
+        total = there + not_there
+        return np.where(total > 0, there / np.where(total > 0, total, 1.0), p)
+
+    def _products(
+        self, p: np.ndarray, given: Sequence[tuple[np.ndarray, np.ndarray]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        f = self.floor
+        l1, l0 = np.ones_like(p, dtype=np.float64), np.ones_like(p, dtype=np.float64)
+        for r1, r0 in given:
+            l1 = l1 * (f + (1.0 - f) * r1)
+            l0 = l0 * (f + (1.0 - f) * r0)
+        return l1, l0
 
     def likelihood(self, ev: PlaceEvidence | None, q: Question, observed: Outcome) -> float | None:
         """P(observed answer | this place), floored; None when the place has no evidence
         (the caller decides what an unknown place is worth)."""
+        return self.joint_likelihood(ev, [(q, observed)])
+
+    def joint_likelihood(
+        self, ev: PlaceEvidence | None, seen: Sequence[tuple[Question, Outcome]]
+    ) -> float | None:
+        """P(all of `seen` | this place), one place at a time (the reference the arrays of
+        the answer update are tested against): per category, its presence summed out once
+        (`joint`); None when the place has no evidence."""
         if ev is None:
             return None
-        return self.floor + (1.0 - self.floor) * self._raw(ev, q, observed)
+        by_category: dict[str, list[tuple[float, float]]] = {}
+        for q, observed in seen:
+            by_category.setdefault(q.category, []).append(self._given_one(ev, q, observed))
+        f = self.floor
+        total = 1.0
+        for category, given in by_category.items():
+            p = ev.p(category)
+            l1 = float(np.prod([f + (1.0 - f) * r1 for r1, _ in given]))
+            l0 = float(np.prod([f + (1.0 - f) * r0 for _, r0 in given]))
+            total *= p * l1 + (1.0 - p) * l0
+        return total
 
-    def _raw(self, ev: PlaceEvidence, q: Question, observed: Outcome) -> float:
+    def _given_one(self, ev: PlaceEvidence, q: Question, observed: Outcome) -> tuple[float, float]:
+        """`given` for one place, from its `PlaceEvidence` (dictionaries, not arrays)."""
         tag, named = observed[0], observed[1:]
-        p = ev.p(q.category)
         if tag == "present":
-            return p
+            return 1.0, 0.0
         if tag == "absent":
-            return 1.0 - p
+            return 0.0, 1.0
         if q.kind == "presence":
-            return 1.0  # "I don't know" to "is there ...?" says nothing
+            return 1.0, 1.0
         u = self.u(q.attribute or "")
         if tag == "unknown":
-            return p * u
+            return u, 0.0
         dist = self.value_distribution(ev, q)
         if not dist:
-            return p * (1.0 - u)
+            return 1.0 - u, 0.0
         if tag == "yes":
             q_v = dist.get(q.value or "", 0.0)
         elif named:
@@ -185,4 +257,4 @@ class AnswerModel:
             q_v = 1.0 - dist.get(q.value or "", 0.0)
         else:  # a value was stated but not read: only "it is there" is learnt
             q_v = 1.0
-        return p * (1.0 - u) * q_v
+        return (1.0 - u) * q_v, 0.0

@@ -23,7 +23,7 @@ import numpy as np
 
 from dlgpr_core.dialogue.answer_model import AnswerModel
 from dlgpr_core.dialogue.answers import Outcome, described, probe_of, read_answer
-from dlgpr_core.dialogue.evidence_table import shared_table
+from dlgpr_core.dialogue.evidence_table import Rows, shared_table
 from dlgpr_core.dialogue.questions import Question
 from dlgpr_core.dialogue.state import DEFAULT_TEMPERATURE
 from dlgpr_core.evidence.knowledge import EvidenceSource
@@ -40,6 +40,23 @@ def observations(
         outcome = read_answer(question, answer) if probe is not None else None
         if probe is not None and outcome is not None:
             out.append((probe, outcome))
+    return out
+
+
+def given_by_category(
+    model: AnswerModel, rows: Rows, seen: Sequence[tuple[Question, Outcome]]
+) -> dict[str, list[tuple[np.ndarray, np.ndarray]]]:
+    """Each observation's (P(it | the thing is there), P(it | not there)) for every row
+    (`AnswerModel.given`), grouped by the thing asked about, in the order first observed:
+    what the update multiplies (`AnswerModel.joint`) and the questioner conditions its
+    presence on (`AnswerModel.presence_posterior`)."""
+    out: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for probe, outcome in seen:
+        found = rows.block(probe.category, probe.attribute or "")
+        values, names = found if found is not None else (None, ())
+        out.setdefault(probe.category, []).append(
+            model.given(len(rows.known), values, names, probe, outcome)
+        )
     return out
 
 
@@ -63,13 +80,13 @@ class EvidenceUpdate:
         self, place_ids: Sequence[str], seen: Sequence[tuple[Question, Outcome]]
     ) -> list[float]:
         """ln P(all the answers | place), per place (over the dense evidence table, so a
-        few hundred places cost about a millisecond per answer)."""
+        few hundred places cost about a millisecond per answer). The answers about one
+        thing share its presence (`AnswerModel.joint`); a place without evidence gets, per
+        thing, the median of the places with evidence."""
         rows = self.table.rows(place_ids)
         total = np.zeros(len(place_ids))
-        for probe, outcome in seen:
-            found = rows.block(probe.category, probe.attribute or "")
-            values, names = found if found is not None else (None, ())
-            ls = self.model.likelihoods(rows.visible(probe.category), values, names, probe, outcome)
+        for category, given in given_by_category(self.model, rows, seen).items():
+            ls = self.model.joint(rows.visible(category), given)
             known = ls[rows.known]
             neutral = float(np.median(known)) if known.size else 1.0
             total += np.log(np.where(rows.known, ls, neutral))

@@ -9,15 +9,16 @@ CPU and give the LLM questioners two reference points: a strong heuristic and ch
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import numpy as np
 
 from dlgpr_core.dialogue.answer_model import AnswerModel
-from dlgpr_core.dialogue.answers import settled
+from dlgpr_core.dialogue.answers import described, settled
 from dlgpr_core.dialogue.belief import softmax_belief
 from dlgpr_core.dialogue.evidence_table import Rows, shared_table
+from dlgpr_core.dialogue.evidence_update import given_by_category, observations
 from dlgpr_core.dialogue.questions import Question, attribute_question, presence_question
 from dlgpr_core.dialogue.state import DEFAULT_TEMPERATURE, DialogueState
 from dlgpr_core.evidence.knowledge import EvidenceSource, PlaceEvidence
@@ -94,9 +95,14 @@ class InfoGainQuestioner:
             h = -np.where(q > 0, q * np.log(q), 0.0).sum(axis=0)
         return float((mass * h).sum()) / total
 
-    def _columns(self, q: Question, rows: Rows) -> np.ndarray:
-        """P(outcome | place) of probe `q` for every row (places x outcomes)."""
-        p = rows.visible(q.category)
+    def _columns(
+        self, q: Question, rows: Rows, presence: Mapping[str, np.ndarray] | None = None
+    ) -> np.ndarray:
+        """P(outcome | place) of probe `q` for every row (places x outcomes); `presence`
+        replaces the rows' P(visible) of the things already spoken of (`_presence`)."""
+        p = (presence or {}).get(q.category)
+        if p is None:
+            p = rows.visible(q.category)
         if q.kind == "presence":
             return self.model.presence_columns(p, rows.known)
         found = rows.block(q.category, q.attribute or "")
@@ -139,23 +145,42 @@ class InfoGainQuestioner:
         if not ids:
             return None
         rows = self.table.rows(ids)
+        presence = self._presence(state, rows)
         best: tuple[float, Question] | None = None
         for q in self.probes(state):
-            score = self._score(belief[:, None] * self._columns(q, rows))
+            score = self._score(belief[:, None] * self._columns(q, rows, presence))
             if best is None or score < best[0] - 1e-12:
                 best = (score, q)
         if best is None:
             return None
-        return best[1] if self.open_questions else self._yes_no(best[1], state, rows, belief)
+        if self.open_questions:
+            return best[1]
+        return self._yes_no(best[1], state, rows, belief, presence)
+
+    def _presence(self, state: DialogueState, rows: Rows) -> dict[str, np.ndarray]:
+        """Per thing the person has spoken of (in the description or an answer), each
+        candidate's P(it is there | what was said): once "a bank" was said, an answer about
+        the bank's colour will not be "there is none" at any candidate, and planning as if
+        it could would overrate the question (`AnswerModel.presence_posterior`)."""
+        seen = described(state.d0) + observations(state.questions, state.answers)
+        return {
+            category: self.model.presence_posterior(rows.visible(category), given)
+            for category, given in given_by_category(self.model, rows, seen).items()
+        }
 
     def _yes_no(
-        self, q: Question, state: DialogueState, rows: Rows, belief: np.ndarray
+        self,
+        q: Question,
+        state: DialogueState,
+        rows: Rows,
+        belief: np.ndarray,
+        presence: Mapping[str, np.ndarray],
     ) -> Question:
         """The open question `q` as a yes/no one about its likeliest value (the same
         outcomes, hence the same information, in a form some users prefer)."""
         if q.kind != "attribute" or q.value is not None:
             return q
-        cols = self._columns(q, rows)[:, 2:]
+        cols = self._columns(q, rows, presence)[:, 2:]
         found = self.table.layout.block(q.category, q.attribute or "")
         vals = found[1] if found is not None else ()
         asked = {x.key for x in state.questions}
