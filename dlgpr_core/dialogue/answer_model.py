@@ -211,8 +211,13 @@ class AnswerModel:
 
     def likelihood(self, ev: PlaceEvidence | None, q: Question, observed: Outcome) -> float | None:
         """P(observed answer | this place), floored; None when the place has no evidence
-        (the caller decides what an unknown place is worth)."""
-        return self.joint_likelihood(ev, [(q, observed)])
+        (the caller decides what an unknown place is worth): `joint_likelihood` of one
+        observation, written out (the oracle questioner calls it per candidate and probe)."""
+        if ev is None:
+            return None
+        p = ev.p(q.category)
+        r1, r0 = self._given_one(ev, q, observed)
+        return self.floor + (1.0 - self.floor) * (p * r1 + (1.0 - p) * r0)
 
     def joint_likelihood(
         self, ev: PlaceEvidence | None, seen: Sequence[tuple[Question, Outcome]]
@@ -229,8 +234,10 @@ class AnswerModel:
         total = 1.0
         for category, given in by_category.items():
             p = ev.p(category)
-            l1 = float(np.prod([f + (1.0 - f) * r1 for r1, _ in given]))
-            l0 = float(np.prod([f + (1.0 - f) * r0 for _, r0 in given]))
+            l1 = l0 = 1.0
+            for r1, r0 in given:
+                l1 *= f + (1.0 - f) * r1
+                l0 *= f + (1.0 - f) * r0
             total *= p * l1 + (1.0 - p) * l0
         return total
 
