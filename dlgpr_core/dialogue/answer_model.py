@@ -132,7 +132,7 @@ class AnswerModel:
         """(r1, r0), each (n,): P(observed | the category is there) and P(observed | it is
         not), unfloored, for n places with evidence whose P(value | visible) rows for `q`'s
         slot are `values` (n, V) over `names` (None when the slot has no values). What the
-        presence p adds is left to `likelihoods` and `joint`."""
+        presence p adds is left to `joint`."""
         tag, named = observed[0], observed[1:]
         ones, zeros = np.ones(n), np.zeros(n)
         if tag == "present":
@@ -162,19 +162,6 @@ class AnswerModel:
             q_v = ones
         return (1.0 - u) * q_v, zeros
 
-    def likelihoods(
-        self,
-        p: np.ndarray,
-        values: np.ndarray | None,
-        names: tuple[str, ...],
-        q: Question,
-        observed: Outcome,
-    ) -> np.ndarray:
-        """`likelihood` for many places with evidence at once: `p` (n,) P(category visible)
-        (1 for the street), `values` (n, V) P(value | visible) over `names` (None when the
-        slot has no values). Floored like `likelihood`; one observation's `joint`."""
-        return self.joint(p, [self.given(len(p), values, names, q, observed)])
-
     def joint(self, p: np.ndarray, given: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
         """P(every observation of one category | place), (n,), from each observation's
         `given` (r1, r0): whether the thing is there is one fact per place, so it is summed
@@ -182,7 +169,7 @@ class AnswerModel:
         Multiplying single likelihoods instead would count a missed building's low p again
         in every answer about it ("a bank", "its facade is red", "its sign says ..." : p^3),
         which only uncertain evidence suffers; with exact evidence (p is 0 or 1) both agree,
-        as they do for a single observation."""
+        as they do for a single observation (`likelihood`, for many places at once)."""
         l1, l0 = self._products(p, given)
         return p * l1 + (1.0 - p) * l0
 
