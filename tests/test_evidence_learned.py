@@ -172,6 +172,70 @@ def test_tiny_training_run_gives_a_loadable_annotator_with_another_version(
     _check_items(items, image.size)
     meta = annotator.meta["training"]
     assert meta["train_cities"] == ["Evidenceton"] and meta["command"] == "test"
+    assert meta["heads_command"] == "test"
+
+
+def test_predicted_pooling_loss_reads_as_the_annotator_reads() -> None:
+    """`predicted_pooling_weight` adds an element attribute loss pooled over every cell by the
+    category head's P(category | cell), the weights the annotator reads with. On hand-made
+    head outputs (one image, 2x3 cells: a red bank on four cells, a blue mailbox on one):
+    with a category head that is sure and right, the added term is the own-cells term worked
+    out by hand; with one that spreads the bank over the mailbox's cell, the bank reads the
+    mailbox's colour logits and the term changes; and it never trains the category head."""
+    import torch
+    import torch.nn.functional as F
+
+    from dlgpr_core.evidence.learned.config import HeadsConfig
+    from dlgpr_core.evidence.learned.dataset import Batch
+    from dlgpr_core.evidence.learned.model import EvidenceHeads, HeadOutputs
+    from dlgpr_core.evidence.learned.train import losses
+
+    model = EvidenceHeads({16: 4}, VOCAB, HeadsConfig(strides=[16], hidden=8, context_layers=0))
+    bank, mailbox = VOCAB.class_of("bank"), VOCAB.class_of("mailbox")
+    red, blue = VOCAB.value_index("colour", "red"), VOCAB.value_index("colour", "blue")
+    classes = torch.tensor([[[bank, bank, mailbox], [bank, bank, 0]]])
+    elements = torch.tensor([[[0, 0, 1], [0, 0, -1]]])
+    colour = torch.tensor([[[red, red, blue], [red, red, IGNORE]]])
+    batch = Batch({}, classes, elements, {"colour": colour}, {})
+    torch.manual_seed(0)
+    logits = torch.randn(1, len(VOCAB.attributes["colour"]), 2, 3, requires_grad=True)
+
+    def outputs(category_logits: torch.Tensor) -> HeadOutputs:
+        return HeadOutputs(
+            category_logits, {"colour": logits}, {"colour": torch.zeros(1, 2, 3)}, {}
+        )
+
+    def added(category_logits: torch.Tensor) -> torch.Tensor:
+        with_it, without = (
+            losses(
+                model,
+                outputs(category_logits),
+                batch,
+                EvidenceTrainConfig(presence_weight=0.0, predicted_pooling_weight=w),
+            )["attributes"]
+            for w in (1.0, 0.0)
+        )
+        return with_it - without
+
+    sure = 30.0 * F.one_hot(classes, VOCAB.n_classes).permute(0, 3, 1, 2).float()
+    allowed = model.allowed("colour")
+    expected = []
+    for cls, cells, target in ((bank, [0, 1, 3, 4], red), (mailbox, [2], blue)):
+        pooled = logits.detach().reshape(1, -1, 6)[0][:, cells].mean(-1)  # zero attention
+        pooled = pooled.masked_fill(~allowed[cls], -1e9)
+        expected.append(-torch.log_softmax(pooled, -1)[target])
+    assert torch.isclose(added(sure), torch.stack(expected).mean(), atol=1e-4)
+
+    spread = sure.clone()
+    spread[0, bank, 0, 2] = 31.0  # the mailbox's cell now looks like the bank
+    assert not torch.isclose(added(spread), added(sure), atol=1e-3)
+
+    category = spread.clone().requires_grad_(True)
+    grad_classes, grad_logits = torch.autograd.grad(
+        added(category), (category, logits), allow_unused=True
+    )
+    assert grad_classes is None or not grad_classes.any()
+    assert grad_logits is not None and grad_logits.abs().sum() > 0
 
 
 def test_config_errors_name_the_key() -> None:

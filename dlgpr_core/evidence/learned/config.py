@@ -105,6 +105,9 @@ class EvidenceTrainConfig(_Strict):
     """Category CE weights frequency^-class_balance (0: unweighted)."""
     street_weight: float = Field(default=0.5, ge=0)
     label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    predicted_pooling_weight: float = Field(default=0.0, ge=0)
+    """Weight of a second per-element attribute loss pooled as reading pools: over all cells
+    weighted by the (detached) predicted P(element's category | cell), not its own cells."""
     seed: int = 0
     threads: int | None = Field(default=None, ge=1)
     """torch intra-op threads; None leaves torch's default."""

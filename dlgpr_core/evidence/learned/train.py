@@ -73,6 +73,17 @@ def _element_groups(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return log_w, cls, valid
 
 
+def _predicted_weights(classes: torch.Tensor, element_class: torch.Tensor) -> torch.Tensor:
+    """Per image and element, log P(element's category | cell) from the category head,
+    detached (B, E, H, W): the weights reading pools an element's attributes with. The
+    category head is not taught to shape them; the attribute heads learn to read through
+    them, neighbouring buildings' cells included."""
+    log_cls = torch.log_softmax(classes.detach().float(), 1)
+    b, e = element_class.shape
+    h, w = log_cls.shape[-2:]
+    return log_cls.gather(1, element_class.view(b, e, 1, 1).expand(-1, -1, h, w))
+
+
 def class_weights(classes: np.ndarray, n_classes: int, power: float) -> torch.Tensor:
     """Per-class CE weights frequency^-power, normalised to a mean of 1 over the cells: a
     mailbox owns 0.1% of the cells and the background 65%, so unweighted CE learns to call
@@ -93,7 +104,9 @@ def losses(
     """Category CE per cell (class-weighted); presence BCE per image and category on the
     largest cell probability (the statistic the annotator thresholds); attribute CE per cell
     (values masked to the cell's category) and, with attention pooling, per element (the
-    pooled distribution the annotator reads); street CE per image."""
+    pooled distribution the annotator reads), pooled over the element's own cells and, with
+    `predicted_pooling_weight`, also as reading pools (over every cell weighted by the
+    predicted P(category | cell)); street CE per image."""
     ls = config.label_smoothing
     parts: dict[str, torch.Tensor] = {
         "classes": F.cross_entropy(out.classes, batch.classes, weight=weights, label_smoothing=ls)
@@ -104,6 +117,11 @@ def losses(
         parts["presence"] = config.presence_weight * F.binary_cross_entropy(probs, present.float())
     attr_loss = out.classes.new_zeros(())
     groups = _element_groups(batch) if out.attention else None
+    predicted_w = (
+        _predicted_weights(out.classes, groups[1])
+        if groups is not None and config.predicted_pooling_weight > 0
+        else None
+    )
     for attr, logits in out.attributes.items():
         target = batch.attributes[attr]
         if not bool((target != IGNORE).any()):
@@ -128,6 +146,13 @@ def losses(
                 attr_loss = attr_loss + F.nll_loss(
                     lp.reshape(-1, lp.shape[-1]), el_target.reshape(-1), ignore_index=IGNORE
                 )
+                if predicted_w is not None:
+                    lp = pool_attribute(
+                        logits, predicted_w, model.allowed(attr)[cls], out.attention[attr]
+                    )
+                    attr_loss = attr_loss + config.predicted_pooling_weight * F.nll_loss(
+                        lp.reshape(-1, lp.shape[-1]), el_target.reshape(-1), ignore_index=IGNORE
+                    )
     # Averaged over the attribute heads, so adding an attribute does not drown the category
     # head (the sum of 14 heads started at 10x the category loss).
     parts["attributes"] = config.attribute_weight * attr_loss / max(1, len(out.attributes))
@@ -308,6 +333,7 @@ def train(config: EvidenceTrainConfig, command: str = "") -> TrainResult:
         )
         earlier = json.loads((Path(config.heads_from) / ASSET_JSON).read_text(encoding="utf-8"))
         done = earlier.get("training", {})
+        heads_command = done.get("heads_command") or done.get("command")
         heads_run = HeadsRun(
             int(done.get("best_epoch", 0)),
             int(done.get("epochs_run", 0)),
@@ -315,6 +341,7 @@ def train(config: EvidenceTrainConfig, command: str = "") -> TrainResult:
             [],
         )
     else:
+        heads_command = command
         heads_run = train_heads(config, model, train_data, val_data, weights)
         _write_log(run_dir / "log.csv", heads_run.history)
     model.eval()
@@ -360,6 +387,8 @@ def train(config: EvidenceTrainConfig, command: str = "") -> TrainResult:
         "epochs_run": heads_run.epochs,
         "steps": heads_run.steps,
         "heads_from": str(config.heads_from) if config.heads_from is not None else None,
+        # How the heads were trained, also when they came from an earlier run.
+        "heads_command": heads_command,
         "validation": validation,
         "config": config.to_dict(),
     }
