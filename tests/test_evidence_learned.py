@@ -147,22 +147,22 @@ def test_shipped_annotator_returns_valid_items(
 def test_tiny_training_run_gives_a_loadable_annotator_with_another_version(
     tmp_path: Path, tiny_city: Path, shipped: LearnedAnnotator, single_thread: None
 ) -> None:
+    import torch
+    from safetensors.torch import load_file
+
     from dlgpr_core.evidence.learned.train import train
 
-    config = EvidenceTrainConfig.from_yaml(
-        None,
-        [
-            f"data_root={tiny_city}",
-            "train_cities=[Evidenceton]",
-            "val_cities=[Evidenceton]",
-            "heads.hidden=16",
-            "heads.context_layers=1",
-            "max_steps=2",
-            "batch_size=4",
-            f"out_dir={tmp_path / 'run'}",
-            "progress=false",
-        ],
-    )
+    overrides = [
+        f"data_root={tiny_city}",
+        "train_cities=[Evidenceton]",
+        "val_cities=[Evidenceton]",
+        "heads.hidden=16",
+        "heads.context_layers=1",
+        "max_steps=2",
+        "batch_size=4",
+        "progress=false",
+    ]
+    config = EvidenceTrainConfig.from_yaml(None, [*overrides, f"out_dir={tmp_path / 'run'}"])
     result = train(config, command="test")
     assert result.best_epoch >= 1 and 0.0 <= result.validation["score"] <= 1.0
     annotator = create_learned_annotator(str(result.run_dir))
@@ -173,6 +173,17 @@ def test_tiny_training_run_gives_a_loadable_annotator_with_another_version(
     meta = annotator.meta["training"]
     assert meta["train_cities"] == ["Evidenceton"] and meta["command"] == "test"
     assert meta["heads_command"] == "test"
+    # A run that reuses those heads keeps them and says how they were trained.
+    again = EvidenceTrainConfig.from_yaml(
+        None, [*overrides, f"heads_from={result.run_dir}", f"out_dir={tmp_path / 'again'}"]
+    )
+    again_dir = train(again, command="reader only").run_dir
+    done = create_learned_annotator(str(again_dir)).meta["training"]
+    assert done["command"] == "reader only" and done["heads_command"] == "test"
+    first, second = (
+        load_file(str(d / "evidence_lite_heads.safetensors")) for d in (result.run_dir, again_dir)
+    )
+    assert torch.equal(first["classes.weight"], second["classes.weight"])
 
 
 def test_predicted_pooling_loss_reads_as_the_annotator_reads() -> None:
