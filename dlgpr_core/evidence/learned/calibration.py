@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .dataset import CityData
 from .decode import Calibration, logit
-from .model import EvidenceHeads, HeadOutputs, pool_attribute
+from .model import EvidenceHeads, HeadOutputs, category_log_weights, pool_attribute
 from .validation import read_city, slice_outputs, visible_elements
 from .vocab import LabelVocab
 
@@ -130,7 +130,7 @@ def _pooled(model: EvidenceHeads, out: HeadOutputs, attr: str, temperature: floa
     parts = []
     for s in range(0, out.classes.shape[0], 128):
         part = slice_outputs(out, slice(s, s + 128))
-        log_p = torch.log(torch.softmax(part.classes.float(), 1)[:, 1:].clamp_min(1e-6))
+        log_p = category_log_weights(part.classes)
         logits = part.attributes[attr].float()
         allowed = model.allowed(attr)[1:].unsqueeze(0).expand(logits.shape[0], -1, -1)
         parts.append(pool_attribute(logits, log_p, allowed, part.attention.get(attr), temperature))

@@ -26,11 +26,10 @@ from dlgpr_core.mapdb.evidence import Box, EvidenceItem
 
 from .config import DecodeConfig
 from .grid import grid_cell_size
-from .model import NEG, EvidenceHeads, HeadOutputs, pool_attribute
+from .model import EPS, NEG, EvidenceHeads, HeadOutputs, category_log_weights, pool_attribute
 from .signs import SignReader, cut_strips, pool_positions, position_log_weights, strip_rows
 from .vocab import LabelVocab
 
-EPS = 1e-6
 NAME = "name"
 """The attribute the sign reader reads."""
 READER = "reader"
@@ -204,6 +203,7 @@ def read_outputs(
     raw = probs[:, 1:].flatten(2).amax(-1).cpu().numpy()  # (B, K)
     if presence is None:
         presence = calibration.presence_probs(raw, vocab.categories)
+    # `category_log_weights`, from the probabilities the boxes and raw presence also use
     log_p = torch.log(probs[:, 1:].clamp_min(EPS))  # (B, K, H, W): one group per category
     pooled: dict[str, np.ndarray] = {}
     for attr, logits in outputs.attributes.items():
@@ -275,7 +275,7 @@ def _sign_strips(
     per cell (B, K, H, W), each image's strip row (B,), whether it has one (B,), the indices
     of those that have one, and their strips."""
     _, _, rows, cols = outputs.classes.shape
-    log_p = torch.log(torch.softmax(outputs.classes.float(), 1)[:, 1:].clamp_min(EPS))
+    log_p = category_log_weights(outputs.classes)
     row, has = strip_rows(outputs.attention[NAME].float(), log_p, which)
     imgs = torch.nonzero(has).flatten()
     height, width = images.shape[-2:]

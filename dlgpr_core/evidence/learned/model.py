@@ -31,6 +31,8 @@ from .vocab import LabelVocab
 
 NEG = -1e4
 """Logit given to values a category cannot take (finite, so fp16 and sums stay finite)."""
+EPS = 1e-6
+"""Floor of the probabilities the evidence model takes logs of or divides by."""
 
 
 @dataclass
@@ -139,6 +141,13 @@ class EvidenceHeads(nn.Module):
             attention=attention,
             street={a: self.street[_key(a)](pooled) for a in self.vocab.street},
         )
+
+
+def category_log_weights(classes: torch.Tensor) -> torch.Tensor:
+    """log P(category | cell), (B, K, H, W) without the background, floored at EPS: one
+    group per category, the weights the annotator pools a category's attributes with
+    (`pool_attribute`) and chooses the sign reader's strip by."""
+    return torch.log(torch.softmax(classes.float(), 1)[:, 1:].clamp_min(EPS))
 
 
 def pool_attribute(

@@ -25,10 +25,10 @@ from PIL import Image
 from .calibration import TEMPERATURES
 from .config import DecodeConfig, EvidenceTrainConfig
 from .dataset import CityData
-from .decode import EPS, NAME, Calibration, kind_scores, raw_presence, sign_logits
+from .decode import NAME, Calibration, kind_scores, raw_presence, sign_logits
 from .features import FrozenTower
 from .grid import grid_cell_size
-from .model import NEG, EvidenceHeads, HeadOutputs
+from .model import NEG, EvidenceHeads, HeadOutputs, category_log_weights
 from .signs import cut_strips, pool_positions, position_log_weights, strip_rows
 from .validation import GroundTruthElement, slice_outputs, visible_elements
 from .vocab import LabelVocab
@@ -146,7 +146,7 @@ def sign_samples(
     for s in range(0, len(images), 64):
         idx = images[s : s + 64]
         batch = load_images(tower, [data.targets.paths[i] for i in idx])
-        log_p = torch.log(torch.softmax(out.classes[idx].float(), 1)[:, 1:].clamp_min(EPS))
+        log_p = category_log_weights(out.classes[idx])
         which = torch.zeros(len(idx), len(vocab.categories), dtype=torch.bool)
         for j, i in enumerate(idx):
             for el in by_image[i]:

@@ -75,9 +75,10 @@ def _element_groups(batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
 
 def _predicted_weights(classes: torch.Tensor, element_class: torch.Tensor) -> torch.Tensor:
     """Per image and element, log P(element's category | cell) from the category head,
-    detached (B, E, H, W): the weights reading pools an element's attributes with. The
-    category head is not taught to shape them; the attribute heads learn to read through
-    them, neighbouring buildings' cells included."""
+    detached (B, E, H, W): the weights reading pools an element's attributes with
+    (`model.category_log_weights`, there floored at 1e-6). The category head is not taught
+    to shape them; the attribute heads learn to read through them, neighbouring buildings'
+    cells included."""
     log_cls = torch.log_softmax(classes.detach().float(), 1)
     b, e = element_class.shape
     h, w = log_cls.shape[-2:]
