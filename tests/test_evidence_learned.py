@@ -252,6 +252,8 @@ def test_predicted_pooling_loss_reads_as_the_annotator_reads() -> None:
 def test_config_errors_name_the_key() -> None:
     with pytest.raises(ConfigError, match=r"heads\.hiden"):
         EvidenceTrainConfig.from_yaml(None, ["heads.hiden=3"])
+    with pytest.raises(ConfigError, match=r"predicted_pooling_weight: .*greater than or equal"):
+        EvidenceTrainConfig.from_yaml(None, ["predicted_pooling_weight=-1"])
 
 
 def _place() -> PlaceAnnotation:
