@@ -31,7 +31,8 @@ from dlgpr_core.mapdb.report import PlaceHit
 BANK = PlaceEvidence(
     presence={"bank": 0.8}, values={("bank", "colour"): {"red": 0.6, "brown": 0.3}}
 )
-MODEL = AnswerModel(unknown={}, default_unknown=0.1, floor=0.02)
+MODEL = AnswerModel(unknown={}, default_unknown=0.1, floor=0.02, unseen={})
+"""Without unseen rates, so the evidence's presence is used as it is (`test_unseen_*`)."""
 
 
 def test_outcome_distribution_by_hand() -> None:
@@ -145,6 +146,41 @@ def _state(d0: str, ids: Sequence[str]) -> DialogueState:
     )
     n = len(ids)
     return DialogueState("d", 0, d0, (), (), hits, n, tuple([1.0 / n] * n))
+
+
+def test_unseen_things_keep_the_chance_a_person_sees_them() -> None:
+    """A bench no view shows (presence 0) is still there at 12% of such places: a person's
+    "yes, there is a bench" must cost the place a factor of about 8, not the floor's 50.
+    By hand, with r = 0.12: P(there) = p + (1 - p) * r for the dictionary path, the dense
+    table the questioner plans with, and the update; a thing without a rate is unchanged."""
+    f, r = 0.02, 0.12
+    model = AnswerModel(unknown={}, default_unknown=0.1, floor=f, unseen={"bench": r})
+    place = PlaceEvidence(presence={"bank": 0.8, "bench": 0.5}, values=BANK.values)
+    unseen_bench = PlaceEvidence(presence={"bank": 0.8}, values=BANK.values)
+    bench = presence_question("bench")
+    assert model.there("bench", 0.0) == pytest.approx(r)
+    assert model.there("bench", 0.5) == pytest.approx(0.5 + 0.5 * r)
+    assert model.there("bank", 0.3) == pytest.approx(0.3)
+    assert model.outcomes(unseen_bench, bench) == pytest.approx(
+        {("present",): r, ("absent",): 1 - r}
+    )
+    assert model.likelihood(unseen_bench, bench, ("present",)) == pytest.approx(f + (1 - f) * r)
+    assert MODEL.likelihood(unseen_bench, bench, ("present",)) == pytest.approx(f)
+    colour = attribute_question("bench", "colour")
+    seen = [(bench, ("present",)), (colour, ("value", "green"))]
+    n = len(values("bench", "colour"))
+    p = 0.5 + 0.5 * r
+    expect = p * (f + (1 - f)) * (f + (1 - f) * 0.9 / n) + (1 - p) * f * f
+    assert model.joint_likelihood(place, seen) == pytest.approx(expect)
+    table = EvidenceTable(EvidenceSource(lambda ids: {}), model)
+    row = table.row(unseen_bench)
+    layout = table.layout
+    assert row[0][layout.category_column("bench")] == pytest.approx(r)
+    assert row[0][layout.category_column("bank")] == pytest.approx(0.8)
+    source = EvidenceSource(lambda want: {})
+    source.get_many = lambda want: [place for _ in want]  # type: ignore[method-assign,assignment]
+    update = EvidenceUpdate(source, answer_model=model)
+    assert update.log_likelihoods(["p"], seen) == pytest.approx([math.log(expect)])
 
 
 def test_columns_agree_with_the_outcomes() -> None:

@@ -31,6 +31,13 @@ prod(floored P(answer | not there))), and the questioner plans the next answer w
 presence those answers imply (`presence_posterior`). With exact evidence (p is 0 or 1) this
 changes nothing; with image evidence, a building the images barely show was counted against
 its place once per answer about it.
+
+A person standing at the place sees all around; the map's few views do not. A bus stop
+behind the camera is in no image, so every annotator (the oracle's too) gives it presence
+0, yet the person answers "yes, there is a bus stop". So the presence p the evidence gives
+(P(some view shows the thing)) becomes P(the thing is there) = p + (1 - p) * r_c before it
+is used (`there`), with r_c the share of places whose views miss a thing they have
+(`UNSEEN_RATES`). Without it, one such answer cost the true place the likelihood floor.
 """
 
 from __future__ import annotations
@@ -50,6 +57,23 @@ UNKNOWN_RATES: dict[str, float] = {"awning": 0.26}
 Trainville (seed 1) as the share of element attributes its descriptions leave unstated (only
 "no awnings" is left unsaid, 25.8%); every other attribute gets `AnswerModel.default_unknown`."""
 
+UNSEEN_RATES: dict[str, float] = {
+    "bench": 0.119,
+    "bus stop": 0.069,
+    "crosswalk": 0.014,
+    "fountain": 0.014,
+    "mailbox": 0.121,
+    "phone booth": 0.085,
+    "statue": 0.015,
+    "traffic light": 0.108,
+    "tree": 0.061,
+}
+"""P(the place has the thing | none of its views shows it), measured on the four training
+cities Trainville, Trainhaven, Trainmoor and Trainford (4,000 places, 4 views each) from
+their elements and view regions (`dlgpr_core.evidence.coverage.unseen_rates`); rates below
+0.5% (buildings, which every view faces) are left out. A map captured otherwise (more views,
+a wider field of view) has other rates: `AnswerModel(unseen=...)`."""
+
 
 @dataclass(frozen=True)
 class AnswerModel:
@@ -58,9 +82,16 @@ class AnswerModel:
     unknown: Mapping[str, float] = field(default_factory=lambda: dict(UNKNOWN_RATES))
     default_unknown: float = 0.03
     floor: float = 0.02
+    unseen: Mapping[str, float] = field(default_factory=lambda: dict(UNSEEN_RATES))
 
     def u(self, attribute: str) -> float:
         return self.unknown.get(attribute, self.default_unknown)
+
+    def there(self, category: str, p: float) -> float:
+        """P(the thing is at the place) from P(some view shows it): p + (1 - p) * r_c
+        (`UNSEEN_RATES`); the dense table applies it to whole columns the same way."""
+        r = self.unseen.get(category, 0.0)
+        return p + (1.0 - p) * r
 
     def value_distribution(self, ev: PlaceEvidence, q: Question) -> dict[str, float]:
         """P(value | category) over the slot's values, filling what the annotator left out
@@ -82,7 +113,7 @@ class AnswerModel:
         question) gives one certain "unknown" outcome, i.e. no information."""
         if ev is None or q.kind == "free":
             return {("unknown",): 1.0}
-        p = ev.p(q.category)
+        p = self.there(q.category, ev.p(q.category))
         if q.kind == "presence":
             return {("present",): p, ("absent",): 1.0 - p}
         u = self.u(q.attribute or "")
@@ -202,7 +233,7 @@ class AnswerModel:
         observation, written out (the oracle questioner calls it per candidate and probe)."""
         if ev is None:
             return None
-        p = ev.p(q.category)
+        p = self.there(q.category, ev.p(q.category))
         r1, r0 = self._given_one(ev, q, observed)
         return self.floor + (1.0 - self.floor) * (p * r1 + (1.0 - p) * r0)
 
@@ -220,7 +251,7 @@ class AnswerModel:
         f = self.floor
         total = 1.0
         for category, given in by_category.items():
-            p = ev.p(category)
+            p = self.there(category, ev.p(category))
             l1 = l0 = 1.0
             for r1, r0 in given:
                 l1 *= f + (1.0 - f) * r1

@@ -3,9 +3,11 @@
 Information gain over a few hundred candidates and every probe the ontology allows is
 (candidates x probes x answers) numbers per question; looping over dictionaries in Python
 costs hundreds of milliseconds, numpy over one dense table a few. Each place becomes one row:
-P(category visible) per category and, per (category, attribute), P(value | visible) over the
-slot's values, filled exactly as the answer model fills what an annotator left out
-(`AnswerModel.value_distribution`), so planning and the answer update use the same numbers.
+P(category there) per category (the evidence's P(some view shows it) through
+`AnswerModel.there`, as the answer model reads a single place) and, per (category,
+attribute), P(value | visible) over the slot's values, filled exactly as the answer model
+fills what an annotator left out (`AnswerModel.value_distribution`), so planning and the
+answer update use the same numbers.
 Rows are cached per place (evidence does not change during a dialogue, and candidates recur
 across rounds and dialogues), least recently used first out, so memory stays bounded on a
 city-sized map. The questioner and the answer update of one dialogue read the same
@@ -85,7 +87,7 @@ class Rows:
     layout: Layout
 
     presence: np.ndarray
-    """(n, categories) P(visible)."""
+    """(n, categories) P(there) (`AnswerModel.there` of P(some view shows it))."""
     values: np.ndarray
     """(n, layout.width) P(value | visible), each pair's block summing to 1."""
     known: np.ndarray
@@ -109,7 +111,7 @@ class Rows:
         )
 
     def visible(self, category: str) -> np.ndarray:
-        """(n,) P(category visible) per place; the street is always there."""
+        """(n,) P(category there) per place; the street is always there."""
         if category == STREET:
             return np.ones(len(self.known))
         col = self.layout.category_column(category)
@@ -150,10 +152,8 @@ class EvidenceTable:
             for (_, _, vals), off in zip(lay.pairs, lay.offsets, strict=True):
                 values[off : off + len(vals)] = 1.0 / len(vals)
             return presence, values, False
-        for c, p in ev.presence.items():
-            col = lay.category_column(c)
-            if col is not None:
-                presence[col] = p
+        for col, c in enumerate(lay.categories):
+            presence[col] = self.model.there(c, ev.p(c))
         for (c, a, vals), off in zip(lay.pairs, lay.offsets, strict=True):
             dist = self.model.value_distribution(ev, attribute_question(c, a))
             block = np.array([dist.get(v, 0.0) for v in vals], dtype=np.float64)
