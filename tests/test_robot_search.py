@@ -62,12 +62,15 @@ def test_evidence_channel_lifts_the_place_the_description_fits(db: MapDatabase) 
     hits = search(text, 4)
     assert hits[0].place_id == "p2"
     assert [h.rank for h in hits] == [1, 2, 3, 4]
-    # each place gains temperature x ln P(bank there, fountain there | its evidence)
+    # each place gains temperature x ln P(bank there, fountain there | its evidence); a
+    # fountain no view shows is still there at the shipped unseen rate (`AnswerModel.there`)
     model = AnswerModel()
-    fl = model.floor
+    fl, r = model.floor, model.unseen["fountain"]
+    assert "bank" not in model.unseen and r > 0
 
     def gain(p_bank: float, p_fountain: float) -> float:
-        like = (fl + (1 - fl) * p_bank) * (fl + (1 - fl) * p_fountain)
+        there = p_fountain + (1 - p_fountain) * r
+        like = (fl + (1 - fl) * p_bank) * (fl + (1 - fl) * there)
         return 0.2 * math.log(like)
 
     by_id = {h.place_id: h.score for h in hits}
