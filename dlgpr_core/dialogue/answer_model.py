@@ -70,7 +70,7 @@ UNSEEN_RATES: dict[str, float] = {
 }
 """P(the place has the thing | none of its views shows it), measured on the four training
 cities Trainville, Trainhaven, Trainmoor and Trainford (4,000 places, 4 views each) from
-their elements and view regions (`dlgpr_core.evidence.coverage.unseen_rates`); rates below
+their elements and view regions (`dlgpr_core.evaluation.coverage.unseen_rates`); rates below
 0.5% (buildings, which every view faces) are left out. A map captured otherwise (more views,
 a wider field of view) has other rates: `AnswerModel(unseen=...)`."""
 
