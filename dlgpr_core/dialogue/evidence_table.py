@@ -110,7 +110,7 @@ class Rows:
             np.fromiter((r[2] for r in rows), dtype=bool, count=len(rows)),
         )
 
-    def visible(self, category: str) -> np.ndarray:
+    def there(self, category: str) -> np.ndarray:
         """(n,) P(category there) per place; the street is always there."""
         if category == STREET:
             return np.ones(len(self.known))

@@ -86,7 +86,7 @@ class EvidenceUpdate:
         rows = self.table.rows(place_ids)
         total = np.zeros(len(place_ids))
         for category, given in given_by_category(self.model, rows, seen).items():
-            ls = self.model.joint(rows.visible(category), given)
+            ls = self.model.joint(rows.there(category), given)
             known = ls[rows.known]
             neutral = float(np.median(known)) if known.size else 1.0
             total += np.log(np.where(rows.known, ls, neutral))

@@ -102,7 +102,7 @@ class InfoGainQuestioner:
         replaces the rows' P(visible) of the things already spoken of (`_presence`)."""
         p = (presence or {}).get(q.category)
         if p is None:
-            p = rows.visible(q.category)
+            p = rows.there(q.category)
         if q.kind == "presence":
             return self.model.presence_columns(p, rows.known)
         found = rows.block(q.category, q.attribute or "")
@@ -164,7 +164,7 @@ class InfoGainQuestioner:
         it could would overrate the question (`AnswerModel.presence_posterior`)."""
         seen = described(state.d0) + observations(state.questions, state.answers)
         return {
-            category: self.model.presence_posterior(rows.visible(category), given)
+            category: self.model.presence_posterior(rows.there(category), given)
             for category, given in given_by_category(self.model, rows, seen).items()
         }
 
