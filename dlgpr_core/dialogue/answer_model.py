@@ -89,7 +89,7 @@ class AnswerModel:
 
     def there(self, category: str, p: float) -> float:
         """P(the thing is at the place) from P(some view shows it): p + (1 - p) * r_c
-        (`UNSEEN_RATES`); the dense table applies it to whole columns the same way."""
+        (`UNSEEN_RATES`); the dense table builds its presence columns with it too."""
         r = self.unseen.get(category, 0.0)
         return p + (1.0 - p) * r
 

@@ -99,7 +99,7 @@ class InfoGainQuestioner:
         self, q: Question, rows: Rows, presence: Mapping[str, np.ndarray] | None = None
     ) -> np.ndarray:
         """P(outcome | place) of probe `q` for every row (places x outcomes); `presence`
-        replaces the rows' P(visible) of the things already spoken of (`_presence`)."""
+        replaces the rows' P(there) of the things already spoken of (`_presence`)."""
         p = (presence or {}).get(q.category)
         if p is None:
             p = rows.there(q.category)
