@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
 from dlgpr_core.data.annotations import Element, PlaceAnnotation, Region, ViewAnnotation
-from dlgpr_core.evaluation.coverage import unseen_rates
+from dlgpr_core.evaluation.coverage import main, unseen_rates
 
 
 def _place(pid: int, elements: dict[str, str], shown: list[list[str]]) -> PlaceAnnotation:
@@ -42,3 +48,18 @@ def test_unseen_rate_by_hand() -> None:
     ]
     assert unseen_rates(places) == {"bench": 0.333, "bank": 0.5}
     assert unseen_rates(places, min_rate=0.4) == {"bank": 0.5}
+
+
+def test_a_city_without_annotations_is_named(tmp_path: Path) -> None:
+    """`python -m dlgpr_core.evaluation.coverage` refuses a city it has no annotations for,
+    naming the file it expected (a usage error, exit status 2); it writes nothing, so
+    nothing can be lost."""
+    with pytest.raises(typer.BadParameter) as err:
+        main(tmp_path, ["Nowhere"])
+    assert str(err.value) == (
+        f"no annotations for Nowhere: expected {tmp_path / 'Annotations' / 'Nowhere.jsonl'}"
+    )
+    app = typer.Typer()
+    app.command()(main)
+    assert CliRunner().invoke(app, [str(tmp_path), "Nowhere"]).exit_code == 2
+    assert list(tmp_path.iterdir()) == []
