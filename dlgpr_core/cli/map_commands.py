@@ -254,6 +254,45 @@ def map_lexical(
     console.print(db.info().lexical, markup=False)
 
 
+@app.command("coverage")
+def map_coverage(
+    map_dir: MapOption,
+    rates: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSON file: category -> P(a place has it | none of its views shows it), as "
+            "`python -m dlgpr_core.evaluation.coverage DATA CITY... --out FILE` measures it "
+            "on annotated places captured like this map."
+        ),
+    ] = None,
+    none: Annotated[
+        bool, typer.Option("--none", help="The views show everything at a place (360-degree).")
+    ] = False,
+    shipped: Annotated[
+        bool, typer.Option("--shipped", help="Forget the map's rates: the shipped ones apply.")
+    ] = False,
+) -> None:
+    """How much of a place the map's views miss: the chance a person there sees a thing no
+    image shows, which the robot's answer model adds to the evidence's presence. Without an
+    option, shows the map's setting."""
+    from dlgpr_core.mapdb.evidence import check_unseen_rates
+
+    if sum((rates is not None, none, shipped)) > 1:
+        raise typer.BadParameter("give one of --rates, --none and --shipped")
+    db = open_map(map_dir)
+    if rates is not None:
+        try:
+            loaded = json.loads(rates.read_text(encoding="utf-8"))
+            db.set_unseen_rates(check_unseen_rates(loaded))
+        except (OSError, ValueError) as err:  # json.JSONDecodeError is a ValueError
+            raise typer.BadParameter(f"{rates}: {err}", param_hint="--rates") from err
+    elif none:
+        db.set_unseen_rates({})
+    elif shipped:
+        db.set_unseen_rates(None)
+    console.print(f"coverage:   {db.info().coverage}", markup=False)
+
+
 @app.command("relocate")
 def map_relocate(
     old_root: Annotated[Path, typer.Argument(help="The data set root the map recorded.")],

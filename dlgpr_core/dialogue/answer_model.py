@@ -49,7 +49,7 @@ import numpy as np
 
 from dlgpr_core.dialogue.answers import Outcome
 from dlgpr_core.dialogue.questions import Question
-from dlgpr_core.evidence.knowledge import PlaceEvidence
+from dlgpr_core.evidence.knowledge import EvidenceSource, PlaceEvidence
 from dlgpr_core.evidence.slots import values as slot_values
 
 UNKNOWN_RATES: dict[str, float] = {"awning": 0.26}
@@ -72,7 +72,8 @@ UNSEEN_RATES: dict[str, float] = {
 cities Trainville, Trainhaven, Trainmoor and Trainford (4,000 places, 4 views each) from
 their elements and view regions (`dlgpr_core.evaluation.coverage.unseen_rates`); rates below
 0.5% (buildings, which every view faces) are left out. A map captured otherwise (more views,
-a wider field of view) has other rates: `AnswerModel(unseen=...)`."""
+a wider field of view) has other rates: `dlgpr map coverage` records them in the map
+(`AnswerModel.for_evidence`)."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,15 @@ class AnswerModel:
     default_unknown: float = 0.03
     floor: float = 0.02
     unseen: Mapping[str, float] = field(default_factory=lambda: dict(UNSEEN_RATES))
+
+    @classmethod
+    def for_evidence(cls, evidence: EvidenceSource) -> AnswerModel:
+        """The answer model of a map's evidence: its own coverage rates where the map
+        records them (`dlgpr map coverage`), else `UNSEEN_RATES`. Every robot-side reader
+        of the evidence (the questioner, the update) builds its model here, so they agree."""
+        if evidence.unseen is None:
+            return cls()
+        return cls(unseen=dict(evidence.unseen))
 
     def u(self, attribute: str) -> float:
         return self.unknown.get(attribute, self.default_unknown)

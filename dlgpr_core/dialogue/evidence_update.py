@@ -72,7 +72,7 @@ class EvidenceUpdate:
     ) -> None:
         self.evidence = evidence
         self.temperature = temperature
-        self.model = answer_model or AnswerModel()
+        self.model = answer_model or AnswerModel.for_evidence(evidence)
         self.use_description = use_description
         self.table = shared_table(evidence, self.model)
 

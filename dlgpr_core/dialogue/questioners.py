@@ -62,7 +62,7 @@ class InfoGainQuestioner:
         self.top_k = top_k
         self.temperature = temperature
         self.open_questions = open_questions
-        self.model = answer_model or AnswerModel()
+        self.model = answer_model or AnswerModel.for_evidence(evidence)
         self.objective = objective
         self.table = shared_table(evidence, self.model)
 

@@ -49,6 +49,9 @@ def main(
     data: Annotated[Path, typer.Argument(help="data set root (GSV-Cities layout)")],
     cities: Annotated[list[str], typer.Argument(help="cities to pool: the training cities")],
     min_rate: Annotated[float, typer.Option(help="rates below this are left out")] = 0.005,
+    out: Annotated[
+        Path | None, typer.Option(help="also write them here, for `dlgpr map coverage --rates`")
+    ] = None,
 ) -> None:
     """Prints the pooled unseen rates of `cities` as JSON (`AnswerModel.unseen`)."""
     places: list[PlaceAnnotation] = []
@@ -57,7 +60,10 @@ def main(
         if not path.exists():
             raise typer.BadParameter(f"no annotations for {city}: expected {path}")
         places += read_annotations(path)
-    typer.echo(json.dumps(unseen_rates(places, min_rate), indent=1))
+    text = json.dumps(unseen_rates(places, min_rate), indent=1)
+    if out is not None:
+        out.write_text(text + "\n", encoding="utf-8")
+    typer.echo(text)
 
 
 if __name__ == "__main__":

@@ -129,7 +129,7 @@ class OracleQuestioner:
         self.evidence = evidence
         self.targets = dict(targets)
         self.top_k = top_k
-        self.model = answer_model or AnswerModel()
+        self.model = answer_model or AnswerModel.for_evidence(evidence)
 
     def _probes(self, place: PlaceAnnotation) -> list[Question]:
         category_of = {e.id: e.category for e in place.elements}

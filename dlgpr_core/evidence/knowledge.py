@@ -93,15 +93,21 @@ class EvidenceSource:
     """Place evidence by place id, read from a map lazily and kept (candidates recur)."""
 
     def __init__(
-        self, load: Callable[[Sequence[str]], Mapping[str, Sequence[ImageEvidence]]]
+        self,
+        load: Callable[[Sequence[str]], Mapping[str, Sequence[ImageEvidence]]],
+        unseen: Mapping[str, float] | None = None,
     ) -> None:
         self._load = load
         self._cache: dict[str, PlaceEvidence | None] = {}
+        self.unseen = unseen
+        """The map's coverage rates (`EvidenceStore.unseen_rates`); None: the shipped ones.
+        How much a place's views miss is a fact about the map, read with its evidence."""
 
     @classmethod
     def of_map(cls, store: EvidenceStore, annotator: str) -> EvidenceSource:
-        """From a map's `EvidenceStore` (``db.evidence``) for one annotator."""
-        return cls(lambda ids: store.for_places(annotator, ids))
+        """From a map's `EvidenceStore` (``db.evidence``) for one annotator, with the map's
+        coverage rates."""
+        return cls(lambda ids: store.for_places(annotator, ids), store.unseen_rates())
 
     def get_many(self, place_ids: Sequence[str]) -> list[PlaceEvidence | None]:
         missing = [p for p in dict.fromkeys(place_ids) if p not in self._cache]

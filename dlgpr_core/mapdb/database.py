@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from types import TracebackType
@@ -36,7 +36,14 @@ from dlgpr_core.mapdb.evidence import EvidenceItem, EvidenceStore
 from dlgpr_core.mapdb.index import ApproxKind, ApproxReport
 from dlgpr_core.mapdb.info import map_info, map_skipped, map_stats
 from dlgpr_core.mapdb.lexical import LexicalIndex, LexicalSpec, fuse
-from dlgpr_core.mapdb.report import BuildReport, ImageHit, MapInfo, MapSource, PlaceHit
+from dlgpr_core.mapdb.report import (
+    BuildReport,
+    ImageHit,
+    MapInfo,
+    MapSource,
+    PlaceHit,
+    describe_unseen_rates,
+)
 from dlgpr_core.mapdb.search import MapSearch, Query
 from dlgpr_core.mapdb.sources import list_sources, relocate
 from dlgpr_core.mapdb.store import ImageRow
@@ -369,6 +376,17 @@ class MapDatabase:
             store.set_meta("search.lexical", json.dumps(asdict(spec) if spec else None))
             store.commit()
 
+    # -- coverage --------------------------------------------------------------------
+    def set_unseen_rates(self, rates: Mapping[str, float] | None) -> None:
+        """Record how much of a place the map's views miss (`EvidenceStore.unseen_rates`;
+        None: back to the shipped rates), for every caller that reads the map's evidence."""
+        self._map.require_writable("record the coverage rates")
+        with self._map.lock:
+            store = self._map.store
+            store.begin()
+            self.evidence.set_unseen_rates(rates)
+            store.commit()
+
     def lexical_spec(self) -> LexicalSpec | None:
         raw = self._map.store.get_meta("search.lexical")
         recorded = json.loads(raw) if raw else None
@@ -413,6 +431,7 @@ class MapDatabase:
                 f"`dlgpr map index --kind {choice.setting}` builds it"
             )
         info.read_only = self.read_only
+        info.coverage = describe_unseen_rates(self.evidence.unseen_rates())
         spec = self.lexical_spec()
         info.lexical = (
             spec.describe()

@@ -9,14 +9,40 @@ records the version of the annotator that did it, so a changed model re-annotate
 
 from __future__ import annotations
 
+import json
+import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from dlgpr_core.mapdb.store import MapStore, utc_now
 
 Box = tuple[int, int, int, int]
+
+UNSEEN_KEY = "evidence.unseen_rates"
+"""Map setting: the map's own coverage rates (`EvidenceStore.unseen_rates`)."""
+
+
+def check_unseen_rates(rates: Mapping[str, Any]) -> dict[str, float]:
+    """Coverage rates as the map stores them: category -> P(a place has it | none of its
+    views shows it), each a number in [0, 1). Raises ValueError naming the first bad entry
+    (a rate of 1 would say a thing is at every place where no view shows it)."""
+    if not isinstance(rates, Mapping):
+        raise ValueError(
+            f"unseen rates must map category names to numbers, got {type(rates).__name__}"
+        )
+    out: dict[str, float] = {}
+    for category, rate in rates.items():
+        if not isinstance(category, str) or not category.strip():
+            raise ValueError(f"unseen rates: {category!r} is not a category name")
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or math.isnan(rate):
+            raise ValueError(f"unseen rates: {category!r} has {rate!r}, not a number in [0, 1)")
+        if not 0.0 <= float(rate) < 1.0:
+            raise ValueError(f"unseen rates: {category!r} has {rate}, outside [0, 1)")
+        out[category] = float(rate)
+    return out
+
 
 PRESENCE = "category"
 """The attribute of an evidence item that says "this category of thing is visible" (the
@@ -150,7 +176,23 @@ class EvidenceStore:
         self._store.execute("DELETE FROM evidence_runs WHERE annotator = ?", (annotator,))
         self._bump()
 
+    def set_unseen_rates(self, rates: Mapping[str, float] | None) -> None:
+        """Record the map's coverage rates (checked; {}: its views show everything there
+        is) or forget them (None: the shipped rates), in the current transaction."""
+        self._store.delete_meta(UNSEEN_KEY)
+        if rates is not None:
+            self._store.set_meta(UNSEEN_KEY, json.dumps(check_unseen_rates(rates)))
+
     # -- reading ------------------------------------------------------------------------
+    def unseen_rates(self) -> dict[str, float] | None:
+        """The map's own coverage rates, category -> P(a place has the thing | none of its
+        views shows it), for the answer model (`AnswerModel.for_evidence`); None when the
+        map records none, and the shipped rates, measured on SynthCities' four views per
+        place, apply. A map captured otherwise (a 360-degree camera: {}) records its own
+        with `dlgpr map coverage`."""
+        raw = self._store.get_meta(UNSEEN_KEY)
+        return check_unseen_rates(json.loads(raw)) if raw else None
+
     def todo(self, annotator: str, version: str) -> list[int]:
         """Ids of images `annotator` has not done at `version` (new images, a new model)."""
         rows = self._q(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,6 +150,8 @@ class MapInfo:
     """Opened read-only (a read-only mount or files without write permission)."""
     lexical: str = ""
     """How text searches use the evidence's words (see `mapdb.lexical`), or that they don't."""
+    coverage: str = ""
+    """The coverage rates the answer model reads the evidence with (`describe_unseen_rates`)."""
 
     def render(self) -> str:
         lines = [
@@ -166,6 +169,8 @@ class MapInfo:
             lines.append(self.search_index)
         if self.lexical:
             lines.append(f"lexical:    {self.lexical}")
+        if self.coverage:
+            lines.append(f"coverage:   {self.coverage}")
         sizes = self.bytes_per_embedding.items()
         lines.extend(f"  {kind}: {size:.0f} bytes per image" for kind, size in sizes)
         for src in self.sources:
@@ -176,3 +181,16 @@ class MapInfo:
 
     def __str__(self) -> str:
         return self.render()
+
+
+def describe_unseen_rates(rates: Mapping[str, float] | None) -> str:
+    """One line for `dlgpr map info`: which coverage rates the answer model uses."""
+    if rates is None:
+        return (
+            "the shipped unseen rates (SynthCities, 4 views per place; "
+            "`dlgpr map coverage` records a map's own)"
+        )
+    if not rates:
+        return "the views show everything at a place (no unseen rates)"
+    listed = ", ".join(f"{c} {r:.3f}" for c, r in sorted(rates.items()))
+    return f"the map's own unseen rates: {listed}"
