@@ -131,4 +131,3 @@ def test_a_map_records_its_own_coverage_and_the_robot_reads_it(tmp_path: Path) -
     assert "no unseen rates" in MapDatabase.open(map_dir).info().render()
     assert run("--shipped")[0] == 0
     bench(0.5 + 0.5 * UNSEEN_RATES["bench"])
-
