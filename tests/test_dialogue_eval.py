@@ -529,3 +529,43 @@ def test_info_gain_never_asks_what_an_answer_settled(
         absent = [a for a in result.final.answers if "there is no" in a]
         assert all(a.startswith("No") for a in absent)
     assert checked > 20
+
+
+def test_an_annotator_spec_with_a_model_path_reads_what_it_stored(tmp_path: Path) -> None:
+    """`--evidence learned:<run dir>` stores its evidence under the annotator's name
+    ("learned"), so the robot must read that name, not the spec: it used to read nothing
+    under the spec and ask its questions blind ("Is there a bank?", "...a cafe?", in the
+    ontology's order). With a copy of the shipped model as the run directory, the
+    dialogues are exactly those of ``learned`` (the shipped model on a tiny generated city:
+    plumbing, not a measurement)."""
+    data = tmp_path / "data"
+    generate_city(data, "Specton", 12, 1, seed=5, image_size=(160, 120), progress=False)
+    assets = Path(__file__).resolve().parents[1] / "dlgpr_core" / "assets"
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for name in ("evidence_lite.json", "evidence_lite_heads.safetensors"):
+        shutil.copyfile(assets / name, run_dir / name)
+    settings = EvalSettings(n=6, max_rounds=3, confidence=None, seed=0)
+
+    def questions(spec: str, out: Path) -> dict[str, list[str]]:
+        run_table1(
+            Table1Run(
+                data=data, cities=["Specton"], questioners=["info-gain"], updates=["evidence"],
+                evidence=[spec], settings=settings, out=out,
+            )
+        )  # fmt: skip
+        return {r.dialogue_id: r.questions for r in DialogueLog(out / "dialogues.jsonl").read()}
+
+    shipped = questions("learned", tmp_path / "a")
+    assert questions(f"learned:{run_dir}", tmp_path / "b") == shipped
+    asked = [q for qs in shipped.values() for q in qs]
+    assert len(set(asked)) > 3, asked  # informed questions differ between targets
+    # Two specs of one annotator in one run would share one map's evidence: refused.
+    with pytest.raises(ValueError, match="both stored as 'learned'"):
+        run_table1(
+            Table1Run(
+                data=data, cities=["Specton"], questioners=["info-gain"], updates=["evidence"],
+                evidence=["learned", f"learned:{run_dir}"], settings=settings,
+                out=tmp_path / "d",
+            )
+        )  # fmt: skip

@@ -438,15 +438,28 @@ def run_table1(
         if report.added and say is not None:
             say(f"map of {city}: {report.render()}")
         encoder_name = db.encoder_spec().get("name") or encoder_name
+        # A spec names how to build the annotator ("learned:<run dir>"); the map keeps its
+        # evidence under the annotator's name ("learned"), which is what the robot reads.
+        stored: dict[str, str] = {}
         for name in run.evidence:
             if name == ORACLE:
                 write_oracle_evidence(db, places)
+                stored[name] = ORACLE
             else:
-                done_report = db.annotate(make_annotator(name, encoder=enc), progress=False)
+                annotator = make_annotator(name, encoder=enc)
+                clash = [s for s, n in stored.items() if n == annotator.name]
+                if clash:
+                    raise ValueError(
+                        f"evidence {name!r} and {clash[0]!r} are both stored as "
+                        f"{annotator.name!r} in a map: evaluate them in separate runs "
+                        "with separate --maps"
+                    )
+                stored[name] = annotator.name
+                done_report = db.annotate(annotator, progress=False)
                 if done_report.annotated and say is not None:
                     say(f"map of {city}: {done_report.render()}")
         for name in run.evidence:
-            source = EvidenceSource.of_map(db.evidence, name)
+            source = EvidenceSource.of_map(db.evidence, stored[name])
             factories = questioner_factories(
                 run.questioners, source, run.model_options, map_search(db, enc)
             )
