@@ -489,3 +489,68 @@ def test_shipped_reader_reads_building_kinds(
     fused.calibration.kinds = {"bank": (1.0, 3.0, 0.0), "bakery": (0.5, 2.0, -1.0)}
     for im, items in zip(images, fused.annotate(images), strict=True):
         _check_items(items, im.size)
+
+
+def test_building_recall_by_its_best_view() -> None:
+    """The evidence-quality table splits the recall of building kinds by the building's best
+    view (`building_views`), on a hand-made place of 320x240 views: a bank whole and tall in
+    view 1 with only a thin lamp post before it (clear), found; a bakery in view 1 with a
+    tree across the middle of its facade and cut by the frame in view 2 (behind something),
+    found; a cafe 30 px tall in view 1 and at the frame's edge in view 2 (small: the better
+    of the two), missed; a pharmacy only at the edge of view 2 (cut by the frame), missed."""
+    from dlgpr_core.evaluation.building_views import building_view_class
+
+    def view(regions: list[tuple[list[int], str]], image: str) -> ViewAnnotation:
+        boxes = [Region(bbox=b, phrase="x", element_id=e) for b, e in regions]
+        return ViewAnnotation(image=image, width=320, height=240, heading=0.0, regions=boxes)
+
+    kinds = {"bank": "b1", "cafe": "b2", "bakery": "b3", "pharmacy": "b4"}
+    elements = [Element(id=i, kind="building", category=c) for c, i in kinds.items()] + [
+        Element(id="v1", kind="vegetation", category="tree"),
+        Element(id="f1", kind="furniture", category="lamp post"),
+    ]
+    v1 = [
+        ([100, 50, 160, 150], "b1"),
+        ([127, 60, 135, 155], "f1"),  # 8 px wide: less than a quarter of the bank's 60
+        ([200, 100, 260, 130], "b2"),
+        ([10, 50, 90, 150], "b3"),
+        ([35, 40, 70, 160], "v1"),  # across the bakery's middle two fifths (42-58 px)
+    ]
+    v2 = [([0, 50, 40, 150], "b2"), ([0, 40, 30, 150], "b3"), ([290, 50, 320, 150], "b4")]
+    place = PlaceAnnotation(
+        city="T",
+        place_id=0,
+        caption="c",
+        description="d",
+        elements=elements,
+        views=[view(v1, "Images/T/v1.jpg"), view(v2, "Images/T/v2.jpg")],
+    )
+    by_element = {e.category: building_view_class(place, e) for e in elements}
+    assert [by_element[c] for c in kinds] == [
+        "clear",
+        "small",
+        "behind something",
+        "cut by the frame",
+    ]
+    evidence = {
+        "T:0": [
+            ImageEvidence(1, "Images/T/v1.jpg", [_item("bank", "category", "bank", 0.9)]),
+            ImageEvidence(
+                2,
+                "Images/T/v2.jpg",
+                [
+                    _item("bakery", "category", "bakery", 0.6),
+                    _item("pharmacy", "category", "pharmacy", 0.2),
+                ],
+            ),
+        ]
+    }
+    table = evidence_quality(evidence, {"T:0": place})
+    rows = {r.evidence: (r.ground_truth, r.correct) for r in table.buildings_by_view}
+    assert rows == {
+        "clear": (1, 1),
+        "behind something": (1, 1),
+        "small": (1, 0),
+        "cut by the frame": (1, 0),
+    }
+    assert "| cut by the frame | 1 | 0.0 |" in table.to_markdown()

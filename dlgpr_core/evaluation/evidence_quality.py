@@ -18,6 +18,9 @@ pavement. Rules:
 - the street: present in every image; its facts are predicted when the annotator gave them.
 
 The place level uses `PlaceEvidence.from_images`, the aggregation the questioners read.
+A third table splits the place-level recall of building kinds by how the building's best
+view shows it (`building_views`): a sign outside the frame or behind a tree in every view is
+a kind no image tells, which the oracle evidence knows anyway.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from dlgpr_core.data.annotations import Element, PlaceAnnotation
+from dlgpr_core.evaluation.building_views import VIEW_CLASSES, building_view_class
 from dlgpr_core.evidence import slots as slot_defs
 from dlgpr_core.evidence.knowledge import PlaceEvidence
 from dlgpr_core.mapdb.database import MapDatabase
@@ -92,6 +96,10 @@ class QualityRow:
 class EvidenceQualityTable:
     rows: list[QualityRow] = field(default_factory=list)
     presence_by_category: list[QualityRow] = field(default_factory=list)
+    buildings_by_view: list[QualityRow] = field(default_factory=list)
+    """Place level, one row per `building_views.VIEW_CLASSES` entry: the visible buildings
+    whose best view is of that class (ground_truth) and those whose kind the place's
+    evidence has at the threshold (correct); precision is not defined per class."""
     meta: dict[str, Any] = field(default_factory=dict)
 
     def row(self, evidence: str, level: str) -> QualityRow | None:
@@ -129,6 +137,16 @@ class EvidenceQualityTable:
         lines += self._render(self.rows, "evidence")
         if self.presence_by_category:
             lines += ["", *self._render(self.presence_by_category, "presence of")]
+        if self.buildings_by_view:
+            lines += [
+                "",
+                "| building's best view | buildings | kind found (place R) |",
+                "|---|---|---|",
+                *(
+                    f"| {r.evidence} | {r.ground_truth} | {self._pct(r.recall)} |"
+                    for r in self.buildings_by_view
+                ),
+            ]
         return "\n".join(lines) + "\n"
 
     def write(self, out: str | Path) -> tuple[Path, Path]:
@@ -142,6 +160,7 @@ class EvidenceQualityTable:
             "meta": self.meta,
             "rows": [asdict(r) for r in self.rows],
             "presence_by_category": [asdict(r) for r in self.presence_by_category],
+            "buildings_by_view": [asdict(r) for r in self.buildings_by_view],
         }
         js.write_text(json.dumps(payload, indent=2), encoding="utf-8")
         return md, js
@@ -249,6 +268,7 @@ def evidence_quality(
     covered part of a map is scored on that part.
     """
     image_tally, place_tally = _Tally(), _Tally()
+    by_view = {c: Counts() for c in VIEW_CLASSES}
     places = images = unmatched = 0
     for place_id, place in annotations.items():
         done = evidence.get(place_id)
@@ -277,6 +297,11 @@ def evidence_quality(
         pe = PlaceEvidence.from_images(matched)
         visible = [elements[i] for i in dict.fromkeys(seen_ids) if i in elements] + street
         place_tally.score(visible, pe.presence, pe.values, threshold)
+        for el in visible:
+            seen = building_view_class(place, el) if el.kind == "building" else None
+            if seen is not None:
+                by_view[seen].ground_truth += 1
+                by_view[seen].correct += pe.presence.get(el.category, 0.0) >= threshold
     table = EvidenceQualityTable(
         meta={
             "threshold": threshold,
@@ -291,6 +316,11 @@ def evidence_quality(
         rows, pres = tally.rows(level)
         table.rows += rows
         table.presence_by_category += pres
+    table.buildings_by_view = [
+        QualityRow(name, "place", c.ground_truth, 0, c.correct, None, c.recall)
+        for name, c in by_view.items()
+        if c.ground_truth
+    ]
     return table
 
 
