@@ -160,6 +160,7 @@ def test_tiny_training_run_gives_a_loadable_annotator_with_another_version(
         "heads.context_layers=1",
         "max_steps=2",
         "batch_size=4",
+        "heads.reader.sign_weight=1.0",
         "progress=false",
     ]
     config = EvidenceTrainConfig.from_yaml(None, [*overrides, f"out_dir={tmp_path / 'run'}"])
@@ -247,6 +248,40 @@ def test_predicted_pooling_loss_reads_as_the_annotator_reads() -> None:
     )
     assert grad_classes is None or not grad_classes.any()
     assert grad_logits is not None and grad_logits.abs().sum() > 0
+
+
+def test_sign_loss_by_hand() -> None:
+    """`ReaderConfig.sign_weight`'s loss on the reader's attention scores, worked out by hand
+    on two strips of four positions: a building on positions 0-1 and one on 1-2 of strip 0,
+    one on position 3 of strip 1. Positions on no building (3 of strip 0; 0-2 of strip 1)
+    are pushed down, each building's best position up; a building's other positions are left
+    alone (where on it the sign hangs is not labelled)."""
+    import math
+
+    import torch
+
+    from dlgpr_core.evidence.learned.model import NEG
+    from dlgpr_core.evidence.learned.reader_training import sign_loss
+
+    def bce(x: float, y: float) -> float:
+        p = 1 / (1 + math.exp(-x))
+        return -(y * math.log(p) + (1 - y) * math.log(1 - p))
+
+    att = torch.tensor([[2.0, -1.0, 0.5, 1.0], [0.0, -2.0, 3.0, -0.5]], requires_grad=True)
+    own = torch.full((3, 4), NEG)
+    own[0, :2] = 0.0
+    own[1, 1:3] = 0.0
+    own[2, 3] = 0.0
+    loss = sign_loss(att, torch.tensor([0, 0, 1]), own)
+    off = [1.0, 0.0, -2.0, 3.0]
+    best = [2.0, 0.5, -0.5]
+    expected = sum(bce(x, 0) for x in off) / 4 + sum(bce(x, 1) for x in best) / 3
+    assert float(loss) == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    assert att.grad is not None
+    assert float(att.grad[0, 1]) == 0.0  # on a building, not its best position: untouched
+    assert float(att.grad[1, 2]) > 0.0  # a bare position scored high is pushed down
+    assert float(att.grad[0, 0]) < 0.0  # a building's best position is pushed up
 
 
 def test_config_errors_name_the_key() -> None:

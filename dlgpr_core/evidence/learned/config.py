@@ -39,6 +39,13 @@ class ReaderConfig(_Strict):
     """Strips (images) per step; each holds the signs of 2-4 buildings."""
     lr: float = Field(default=3e-3, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
+    sign_weight: float = Field(default=0.0, ge=0)
+    """Weight of a loss on the attention score itself, read as "a sign is here": 0 off the
+    columns of every named building in the strip, and its largest value over a named
+    building's own columns 1 (the sign is somewhere on it; where is not labelled). Without
+    it the score is trained only relative to the building's other positions, and the
+    building kinds read anywhere along the strip (`decode.kind_scores`, which weighs each
+    position by sigmoid(score)) pick up confident readings of bare walls and trees."""
     combine: Literal["reader", "product"] = "product"
     """How the reader's name distribution meets the heads': replace it, or multiply the two
     (independent evidence from two views of the sign)."""

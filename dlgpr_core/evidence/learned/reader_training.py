@@ -198,6 +198,26 @@ def reader_accuracy(model: EvidenceHeads, samples: SignSamples) -> tuple[float, 
     return within, overall
 
 
+def sign_loss(attention: torch.Tensor, strip: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+    """The loss of `ReaderConfig.sign_weight` on the reader's attention score as "a sign is
+    here": attention (N, P) of N strips; strip (G,) the strip of each named building, own
+    (G, P) its columns (0 on them, NEG elsewhere). Positions on no named building's columns
+    are pushed to 0 (mean BCE over them); each building's largest score over its own columns
+    to 1 (multiple-instance: its sign is on it, its exact columns are not labelled)."""
+    on = own > NEG / 2
+    covered = torch.zeros(attention.shape, dtype=torch.bool, device=attention.device)
+    covered.index_put_((strip,), on, accumulate=True)
+    off = attention[~covered]
+    neg = (
+        F.binary_cross_entropy_with_logits(off, torch.zeros_like(off))
+        if off.numel()
+        else attention.new_zeros(())
+    )
+    best = torch.where(on, attention[strip], torch.finfo(attention.dtype).min).amax(-1)
+    pos = F.binary_cross_entropy_with_logits(best, torch.ones_like(best))
+    return neg + pos
+
+
 def train_reader(
     model: EvidenceHeads, train: SignSamples, val: SignSamples, config: EvidenceTrainConfig
 ) -> dict[str, float]:
@@ -225,6 +245,10 @@ def train_reader(
             logits, att = reader(train.strips[idx].float())
             pooled = pool_positions(logits, att, local[train.strip[sel]], train.own[sel])
             loss = F.cross_entropy(pooled, train.names[sel])
+            if cfg.sign_weight > 0:
+                loss = loss + cfg.sign_weight * sign_loss(
+                    att, local[train.strip[sel]], train.own[sel]
+                )
             local[idx] = -1
             opt.zero_grad(set_to_none=True)
             loss.backward()
