@@ -537,7 +537,8 @@ def test_an_annotator_spec_with_a_model_path_reads_what_it_stored(tmp_path: Path
     under the spec and ask its questions blind ("Is there a bank?", "...a cafe?", in the
     ontology's order). With a copy of the shipped model as the run directory, the
     dialogues are exactly those of ``learned`` (the shipped model on a tiny generated city:
-    plumbing, not a measurement)."""
+    plumbing, not a measurement). Resuming a log after that model changed is refused (it
+    resumed silently before, mixing two models' dialogues in one row)."""
     data = tmp_path / "data"
     generate_city(data, "Specton", 12, 1, seed=5, image_size=(160, 120), progress=False)
     assets = Path(__file__).resolve().parents[1] / "dlgpr_core" / "assets"
@@ -560,6 +561,16 @@ def test_an_annotator_spec_with_a_model_path_reads_what_it_stored(tmp_path: Path
     assert questions(f"learned:{run_dir}", tmp_path / "b") == shipped
     asked = [q for qs in shipped.values() for q in qs]
     assert len(set(asked)) > 3, asked  # informed questions differ between targets
+    # The same spec after its model changed (here its presence floor): the map is annotated
+    # again, so resuming the log would report the old model's dialogues as the new one's.
+    # Refused, naming the evidence version; the log loses nothing.
+    meta = json.loads((run_dir / "evidence_lite.json").read_text())
+    meta["decode"]["presence_floor"] = 0.06
+    (run_dir / "evidence_lite.json").write_text(json.dumps(meta))
+    log_b = (tmp_path / "b" / "dialogues.jsonl").read_text()
+    with pytest.raises(SettingsMismatchError, match="evidence_version"):
+        questions(f"learned:{run_dir}", tmp_path / "b")
+    assert (tmp_path / "b" / "dialogues.jsonl").read_text() == log_b
     # Two specs of one annotator in one run would share one map's evidence: refused.
     with pytest.raises(ValueError, match="both stored as 'learned'"):
         run_table1(

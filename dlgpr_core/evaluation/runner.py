@@ -405,11 +405,23 @@ def run_table1(
     wanted = {_key(city, c, "")[:-1] for city in run.cities for c in conditions}
     base = run.settings.recorded()
 
-    def expected(extra: Mapping[str, Any]) -> Callable[[DialogueRecord], dict[str, Any] | None]:
+    def expected(
+        extra: Mapping[str, Any], versions: Mapping[str, str] | None = None
+    ) -> Callable[[DialogueRecord], dict[str, Any] | None]:
+        """The settings a logged record of this run must have; `versions`: the evidence
+        model of each non-oracle evidence spec, once its annotator is built."""
+
         def of(r: DialogueRecord) -> dict[str, Any] | None:
             if r.key[:-1] not in wanted:
                 return None  # another run's conditions: left alone
-            return {**base, **questioner_settings(r.questioner, run.model_options), **extra}
+            version = versions.get(r.evidence) if versions is not None else None
+            model = {"evidence_version": version} if version is not None else {}
+            return {
+                **base,
+                **questioner_settings(r.questioner, run.model_options),
+                **extra,
+                **model,
+            }
 
         return of
 
@@ -433,7 +445,8 @@ def run_table1(
         }
         db, enc = open_or_create_map((run.maps or run.out / "maps") / city, run.encoder)
         per_city = {"encoder": enc.fingerprint, "annotations": file_digest(ann)}
-        check_settings([r for r in logged if r.city == city], expected(per_city), log.path)
+        in_city = [r for r in logged if r.city == city]
+        check_settings(in_city, expected(per_city), log.path, only_given=True)
         report = db.build(scan_dataset(run.data, fmt="gsv", cities=[city]), enc, progress=False)
         if report.added and say is not None:
             say(f"map of {city}: {report.render()}")
@@ -441,6 +454,7 @@ def run_table1(
         # A spec names how to build the annotator ("learned:<run dir>"); the map keeps its
         # evidence under the annotator's name ("learned"), which is what the robot reads.
         stored: dict[str, str] = {}
+        versions: dict[str, str] = {}
         for name in run.evidence:
             if name == ORACLE:
                 write_oracle_evidence(db, places)
@@ -455,9 +469,13 @@ def run_table1(
                         "with separate --maps"
                     )
                 stored[name] = annotator.name
+                versions[name] = annotator.version
                 done_report = db.annotate(annotator, progress=False)
                 if done_report.annotated and say is not None:
                     say(f"map of {city}: {done_report.render()}")
+        # A log resumes only dialogues of the same evidence model: the map re-annotates
+        # with a new one, and dialogues of the old would be reported as the new one's.
+        check_settings(in_city, expected(per_city, versions), log.path)
         for name in run.evidence:
             source = EvidenceSource.of_map(db.evidence, stored[name])
             factories = questioner_factories(
@@ -466,6 +484,8 @@ def run_table1(
             for c in (c for c in conditions if c.evidence == name):
                 make, search = factories[c.questioner]
                 extra = {**questioner_settings(c.questioner, run.model_options), **per_city}
+                if name in versions:
+                    extra["evidence_version"] = versions[name]
                 for _ in evaluate_city(
                     search,
                     db.info().n_places,
