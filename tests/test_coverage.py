@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,20 @@ def test_a_map_records_its_own_coverage_and_the_robot_reads_it(tmp_path: Path) -
     assert "no unseen rates" in MapDatabase.open(map_dir).info().render()
     assert run("--shipped")[0] == 0
     bench(0.5 + 0.5 * UNSEEN_RATES["bench"])
+
+
+def test_bad_rates_through_the_api_lose_nothing_recorded(tmp_path: Path) -> None:
+    """`MapDatabase.set_unseen_rates` with a bad mapping raises naming the entry and leaves
+    the map's recorded rates in place (it used to delete them in a transaction the error
+    left open); a later setting is then recorded and survives reopening."""
+    from dlgpr_core.mapdb.database import MapDatabase
+
+    db = MapDatabase.create(tmp_path / "map", "test-encoder", 4)
+    db.set_unseen_rates({"bench": 0.25})
+    for bad, words in (({"bench": 1.5}, "outside [0, 1)"), ({"": 0.1}, "not a category name")):
+        with pytest.raises(ValueError, match=re.escape(words)):
+            db.set_unseen_rates(bad)
+        assert db.evidence.unseen_rates() == {"bench": 0.25}
+    db.set_unseen_rates({"bench": 0.5})  # no transaction left open by the refusals
+    db.close()
+    assert MapDatabase.open(tmp_path / "map").evidence.unseen_rates() == {"bench": 0.5}

@@ -275,15 +275,12 @@ def map_coverage(
     """How much of a place the map's views miss: the chance a person there sees a thing no
     image shows, which the robot's answer model adds to the evidence's presence. Without an
     option, shows the map's setting."""
-    from dlgpr_core.mapdb.evidence import check_unseen_rates
-
     if sum((rates is not None, none, shipped)) > 1:
         raise typer.BadParameter("give one of --rates, --none and --shipped")
     db = open_map(map_dir)
     if rates is not None:
         try:
-            loaded = json.loads(rates.read_text(encoding="utf-8"))
-            db.set_unseen_rates(check_unseen_rates(loaded))
+            db.set_unseen_rates(json.loads(rates.read_text(encoding="utf-8")))
         except (OSError, ValueError) as err:  # json.JSONDecodeError is a ValueError
             raise typer.BadParameter(f"{rates}: {err}", param_hint="--rates") from err
     elif none:

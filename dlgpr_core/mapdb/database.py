@@ -384,7 +384,11 @@ class MapDatabase:
         with self._map.lock:
             store = self._map.store
             store.begin()
-            self.evidence.set_unseen_rates(rates)
+            try:
+                self.evidence.set_unseen_rates(rates)
+            except BaseException:
+                store.rollback()
+                raise
             store.commit()
 
     def lexical_spec(self) -> LexicalSpec | None:

@@ -178,10 +178,12 @@ class EvidenceStore:
 
     def set_unseen_rates(self, rates: Mapping[str, float] | None) -> None:
         """Record the map's coverage rates (checked; {}: its views show everything there
-        is) or forget them (None: the shipped rates), in the current transaction."""
+        is) or forget them (None: the shipped rates), in the current transaction. Bad
+        rates raise (`check_unseen_rates`) before anything recorded is touched."""
+        checked = check_unseen_rates(rates) if rates is not None else None
         self._store.delete_meta(UNSEEN_KEY)
-        if rates is not None:
-            self._store.set_meta(UNSEEN_KEY, json.dumps(check_unseen_rates(rates)))
+        if checked is not None:
+            self._store.set_meta(UNSEEN_KEY, json.dumps(checked))
 
     # -- reading ------------------------------------------------------------------------
     def unseen_rates(self) -> dict[str, float] | None:
