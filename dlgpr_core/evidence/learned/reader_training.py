@@ -243,12 +243,11 @@ def train_reader(
             local[idx] = torch.arange(len(idx))
             sel = local[train.strip] >= 0
             logits, att = reader(train.strips[idx].float())
-            pooled = pool_positions(logits, att, local[train.strip[sel]], train.own[sel])
+            strip_of = local[train.strip[sel]]  # each building's strip within the batch
+            pooled = pool_positions(logits, att, strip_of, train.own[sel])
             loss = F.cross_entropy(pooled, train.names[sel])
             if cfg.sign_weight > 0:
-                loss = loss + cfg.sign_weight * sign_loss(
-                    att, local[train.strip[sel]], train.own[sel]
-                )
+                loss = loss + cfg.sign_weight * sign_loss(att, strip_of, train.own[sel])
             local[idx] = -1
             opt.zero_grad(set_to_none=True)
             loss.backward()
