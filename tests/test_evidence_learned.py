@@ -161,6 +161,7 @@ def test_tiny_training_run_gives_a_loadable_annotator_with_another_version(
         "max_steps=2",
         "batch_size=4",
         "heads.reader.sign_weight=1.0",
+        "heads.reader.occlude=0.5",
         "progress=false",
     ]
     config = EvidenceTrainConfig.from_yaml(None, [*overrides, f"out_dir={tmp_path / 'run'}"])
@@ -248,6 +249,32 @@ def test_predicted_pooling_loss_reads_as_the_annotator_reads() -> None:
     )
     assert grad_classes is None or not grad_classes.any()
     assert grad_logits is not None and grad_logits.abs().sum() > 0
+
+
+def test_occlude_draws_one_band_per_chosen_strip() -> None:
+    """`ReaderConfig.occlude`: each strip chosen gets exactly one vertical band, full height,
+    within `OCCLUDER_WIDTH`; the others and the input are untouched; the same generator
+    seed gives the same bands; chance 0 changes nothing."""
+    import torch
+
+    from dlgpr_core.evidence.learned.reader_training import OCCLUDER_WIDTH, occlude
+
+    strips = torch.zeros(64, 3, 8, 320)
+    out = occlude(strips, 0.5, torch.Generator().manual_seed(1))
+    assert float(strips.abs().sum()) == 0.0  # a copy
+    changed = (out != 0).any(dim=1).any(dim=1)  # (N, W): the columns drawn over
+    hit = changed.any(-1)
+    assert 10 < int(hit.sum()) < 54  # about half, not all or none
+    for row in changed[hit]:
+        cols = torch.nonzero(row).flatten()
+        width = int(cols.max() - cols.min() + 1)
+        assert width == len(cols)  # one contiguous band
+        assert OCCLUDER_WIDTH[0] <= width <= OCCLUDER_WIDTH[1]
+    band = out[hit][0][:, :, changed[hit][0]]
+    assert bool((band != 0).all())  # every row of the band: full height
+    again = occlude(strips, 0.5, torch.Generator().manual_seed(1))
+    assert torch.equal(out, again)
+    assert torch.equal(occlude(strips, 0.0, torch.Generator().manual_seed(1)), strips)
 
 
 def test_sign_loss_by_hand() -> None:

@@ -46,6 +46,11 @@ class ReaderConfig(_Strict):
     it the score is trained only relative to the building's other positions, and the
     building kinds read anywhere along the strip (`decode.kind_scores`, which weighs each
     position by sigmoid(score)) pick up confident readings of bare walls and trees."""
+    occlude: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Training augmentation: the chance that a training strip gets one random vertical
+    band (8-40 px wide, a random colour with noise) drawn over it, as a tree trunk, crown or
+    lamp post in front of a sign draws one. Buildings behind something in every view are
+    the largest share of the kinds the reader misses (`evaluation.building_views`); 0 off."""
     combine: Literal["reader", "product"] = "product"
     """How the reader's name distribution meets the heads': replace it, or multiply the two
     (independent evidence from two views of the sign)."""

@@ -218,6 +218,27 @@ def sign_loss(attention: torch.Tensor, strip: torch.Tensor, own: torch.Tensor) -
     return neg + pos
 
 
+OCCLUDER_WIDTH = (8, 40)
+"""Pixel widths of `occlude`'s bands (a trunk to a small crown at SynthCities' scale)."""
+
+
+def occlude(strips: torch.Tensor, chance: float, gen: torch.Generator) -> torch.Tensor:
+    """`ReaderConfig.occlude`: each strip (N, 3, h, W), with probability `chance`, gets one
+    vertical band of a random colour plus noise (in the normalised space) at a random
+    column; a copy. The labels stay: a sign partly hidden still names its building."""
+    out = strips.clone()
+    n, c, h, w = strips.shape
+    hit = torch.rand(n, generator=gen) < chance
+    for i in torch.nonzero(hit).flatten().tolist():
+        lo, hi = OCCLUDER_WIDTH
+        bw = int(torch.randint(lo, hi + 1, (1,), generator=gen))
+        x0 = int(torch.randint(0, max(1, w - bw), (1,), generator=gen))
+        colour = torch.rand(c, 1, 1, generator=gen) * 4 - 2
+        noise = torch.randn(c, h, bw, generator=gen) * 0.3
+        out[i, :, :, x0 : x0 + bw] = colour + noise
+    return out
+
+
 def train_reader(
     model: EvidenceHeads, train: SignSamples, val: SignSamples, config: EvidenceTrainConfig
 ) -> dict[str, float]:
@@ -242,7 +263,10 @@ def train_reader(
         for idx in torch.randperm(n, generator=gen).split(cfg.batch_size):
             local[idx] = torch.arange(len(idx))
             sel = local[train.strip] >= 0
-            logits, att = reader(train.strips[idx].float())
+            strips = train.strips[idx].float()
+            if cfg.occlude > 0:
+                strips = occlude(strips, cfg.occlude, gen)
+            logits, att = reader(strips)
             strip_of = local[train.strip[sel]]  # each building's strip within the batch
             pooled = pool_positions(logits, att, strip_of, train.own[sel])
             loss = F.cross_entropy(pooled, train.names[sel])
