@@ -229,8 +229,8 @@ def occlude(strips: torch.Tensor, chance: float, gen: torch.Generator) -> torch.
     out = strips.clone()
     n, c, h, w = strips.shape
     hit = torch.rand(n, generator=gen) < chance
+    lo, hi = OCCLUDER_WIDTH
     for i in torch.nonzero(hit).flatten().tolist():
-        lo, hi = OCCLUDER_WIDTH
         bw = int(torch.randint(lo, hi + 1, (1,), generator=gen))
         x0 = int(torch.randint(0, max(1, w - bw), (1,), generator=gen))
         colour = torch.rand(c, 1, 1, generator=gen) * 4 - 2
@@ -264,7 +264,7 @@ def train_reader(
             local[idx] = torch.arange(len(idx))
             sel = local[train.strip] >= 0
             strips = train.strips[idx].float()
-            if cfg.occlude > 0:
+            if cfg.occlude > 0:  # off, `gen` draws the batches alone, as before the option
                 strips = occlude(strips, cfg.occlude, gen)
             logits, att = reader(strips)
             strip_of = local[train.strip[sel]]  # each building's strip within the batch
