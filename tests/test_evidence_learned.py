@@ -316,6 +316,8 @@ def test_config_errors_name_the_key() -> None:
         EvidenceTrainConfig.from_yaml(None, ["heads.hiden=3"])
     with pytest.raises(ConfigError, match=r"predicted_pooling_weight: .*greater than or equal"):
         EvidenceTrainConfig.from_yaml(None, ["predicted_pooling_weight=-1"])
+    with pytest.raises(ConfigError, match=r"heads\.reader\.occlude: .*less than or equal to 1"):
+        EvidenceTrainConfig.from_yaml(None, ["heads.reader.occlude=1.5"])
 
 
 def _place() -> PlaceAnnotation:
