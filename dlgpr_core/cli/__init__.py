@@ -15,7 +15,7 @@ import typer
 
 from dlgpr_core.cli import map_commands, retriever_commands
 from dlgpr_core.cli.common import err_console
-from dlgpr_core.cli.eval_command import dialogue_eval
+from dlgpr_core.cli.eval_command import dialogue_eval, eval_compare
 from dlgpr_core.cli.search_eval_command import search_eval
 from dlgpr_core.cli.synth_command import synth
 
@@ -33,6 +33,7 @@ app.add_typer(map_commands.app, name="map")
 retriever_commands.app.command("search-eval")(search_eval)
 app.add_typer(retriever_commands.app, name="retriever")
 app.command("eval")(dialogue_eval)
+app.command("eval-compare")(eval_compare)
 
 
 def _missing_ros(verb: str, reason: str) -> None:

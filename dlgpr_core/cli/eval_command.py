@@ -115,3 +115,28 @@ def dialogue_eval(
         f"wrote {out / 'table.md'}, {out / 'table.json'}, {out / 'recall.png'} and "
         f"{out / 'dialogues.jsonl'}"
     )
+
+
+def eval_compare(
+    base: Annotated[
+        str,
+        typer.Argument(
+            help="A `dlgpr eval --out` folder (or its .jsonl); several, comma-separated, "
+            "are read as one run (e.g. one folder per city)."
+        ),
+    ],
+    other: Annotated[str, typer.Argument(help="The run compared with it (same --seed).")],
+    k: Annotated[int, typer.Option(min=1, help="Recall@K compared.")] = 1,
+    round_: Annotated[
+        int, typer.Option("--round", min=0, help="Round at which cumulative R@K is compared.")
+    ] = 5,
+    out: Annotated[Path | None, typer.Option(help="Also write <out>.md and <out>.json.")] = None,
+) -> None:
+    """Two evaluation runs dialogue by dialogue: per condition, the dialogues each one wins
+    at R@K and McNemar's exact p-value of that split (much sharper than two R@K, which each
+    carry the noise of the targets drawn)."""
+    from dlgpr_core.evaluation.paired import compare_runs
+
+    runs = [Path(p) for p in split([base])], [Path(p) for p in split([other])]
+    result = compare_runs(*runs, k=k, round_=round_, out=out)
+    console.print(result.markdown(base, other), soft_wrap=True)
