@@ -4,6 +4,7 @@ hand-computed counts and p-values)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,10 @@ def test_different_dialogues_and_ambiguous_logs_are_refused() -> None:
         compare_records([rec(0, [1, 0]), rec(0, [1, 0], "learned:runs/z")], [rec(0, [1, 0])])
     with pytest.raises(ValueError, match=r"no dialogue .* has a partner"):
         compare_records([rec(0, [1, 0])], [rec(0, [1, 0], city="D")])
+    short = [replace(rec(0, [1, 0]), settings={"rounds": 3})]
+    with pytest.raises(ValueError, match=r"at most 3 question\(s\): compare at --round 3"):
+        compare_records([rec(0, [1, 0])], short, round_=5)
+    assert compare_records([rec(0, [1, 0])], short, round_=3).rows[0].n == 1
     with pytest.raises(ValueError, match="k must be >= 1"):
         compare_records([rec(0, [1, 0])], [rec(0, [1, 0])], k=0)
 

@@ -170,6 +170,14 @@ def compare_records(
             f"target {a[key].target!r} vs {b[key].target!r}): the two runs drew their "
             "dialogues with different seeds or data; compare runs with the same --seed"
         )
+    for name, run in zip(names, (a, b), strict=True):
+        short = sorted({int(r.settings["rounds"]) for r in run.values() if "rounds" in r.settings})
+        if short and short[0] < round_:
+            raise ValueError(
+                f"{name} ran dialogues of at most {short[0]} question(s): compare at "
+                f"--round {short[0]} or less (a shorter run would count its last rank as "
+                f"round {round_}'s)"
+            )
     groups: dict[tuple[str, str, str, str, str], list[PairKey]] = {}
     for key in common:
         groups.setdefault(key[:5], []).append(key)
