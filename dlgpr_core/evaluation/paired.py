@@ -113,8 +113,9 @@ class PairedComparison:
         tail = ""
         if self.only_base or self.only_other:
             tail = (
-                f"\n\nLeft out, without a partner: {self.only_base} dialogue(s) of the base "
-                f"run, {self.only_other} of the other."
+                f"\n\nLeft out, without a partner (conditions only one run has, such as an "
+                f"oracle-evidence row): {self.only_base} dialogue(s) of the base run, "
+                f"{self.only_other} of the other."
             )
         return head + "\n".join(lines) + tail + "\n"
 
