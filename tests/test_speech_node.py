@@ -489,7 +489,9 @@ def test_main_starts_and_shuts_down_cleanly_on_sigint():
     import subprocess
     import sys
 
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # faulthandler: a crash of native code at exit (seen once, returncode -11 with an empty
+    # stderr, on a loaded 2-core machine) then shows its threads' stacks in the failure
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
     cmd = [sys.executable, "-m", "dlgpr_ros.speech_node", "--ros-args", "-r", "__ns:=/main_test"]
     proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
