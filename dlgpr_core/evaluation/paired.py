@@ -83,8 +83,11 @@ class PairedRow:
     """Dialogues the other run hits and the base run misses."""
     lost: int
     """Dialogues the base run hits and the other run misses."""
-    p_value: float
-    """McNemar's exact two-sided p-value of won vs lost."""
+
+    @property
+    def p_value(self) -> float:
+        """McNemar's exact two-sided p-value of won vs lost."""
+        return mcnemar_p(self.won, self.lost)
 
 
 @dataclass(frozen=True)
@@ -123,7 +126,7 @@ class PairedComparison:
         return {
             "k": self.k,
             "round": self.round,
-            "rows": [asdict(r) for r in self.rows],
+            "rows": [asdict(r) | {"p_value": r.p_value} for r in self.rows],
             "only_base": self.only_base,
             "only_other": self.only_other,
         }
@@ -200,7 +203,6 @@ def compare_records(
                 other=sum(y for _, y in hits) / len(keys),
                 won=won,
                 lost=lost,
-                p_value=mcnemar_p(won, lost),
             )
         )
     return PairedComparison(
@@ -223,7 +225,6 @@ def _pooled(rows: Sequence[PairedRow]) -> list[PairedRow]:
         if len(rs) < 2:
             continue
         n = sum(r.n for r in rs)
-        won, lost = sum(r.won for r in rs), sum(r.lost for r in rs)
         out.append(
             PairedRow(
                 city="all",
@@ -234,9 +235,8 @@ def _pooled(rows: Sequence[PairedRow]) -> list[PairedRow]:
                 n=n,
                 base=sum(r.base * r.n for r in rs) / n,
                 other=sum(r.other * r.n for r in rs) / n,
-                won=won,
-                lost=lost,
-                p_value=mcnemar_p(won, lost),
+                won=sum(r.won for r in rs),
+                lost=sum(r.lost for r in rs),
             )
         )
     return out
